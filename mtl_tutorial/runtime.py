@@ -1,0 +1,84 @@
+"""Where and how a chapter runs: device, seeds, fast/full mode.
+
+Environment variables (read at call time, so a notebook or test can change them):
+
+- ``MTL_TUTORIAL_DEVICE``: force a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+- ``MTL_TUTORIAL_FAST``: ``1`` runs every chapter in fast mode (CI, smoke tests).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+T = TypeVar("T")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def fast_mode() -> bool:
+    """True when ``MTL_TUTORIAL_FAST`` asks for the fast (CI-sized) run of a chapter."""
+    value = os.environ.get("MTL_TUTORIAL_FAST", "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"MTL_TUTORIAL_FAST={value!r} is not understood; set it to 1 (fast mode) or 0 (full mode)"
+    )
+
+
+def by_mode(fast: T, full: T) -> T:
+    """Pick a size by mode: ``num_steps = by_mode(fast=20, full=2000)``."""
+    return fast if fast_mode() else full
+
+
+def get_device() -> torch.device:
+    """The device chapters train on: ``MTL_TUTORIAL_DEVICE`` if set, else cuda > mps > cpu.
+
+    A forced device that this machine lacks is an error rather than a silent fallback to the CPU.
+    """
+    forced = os.environ.get("MTL_TUTORIAL_DEVICE", "").strip()
+    if forced:
+        try:
+            device = torch.device(forced)
+        except RuntimeError as err:
+            raise ValueError(
+                f"MTL_TUTORIAL_DEVICE={forced!r} is not a device; use cpu, cuda, cuda:N or mps"
+            ) from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"MTL_TUTORIAL_DEVICE={forced!r} but torch sees no CUDA GPU; unset it to use the CPU"
+            )
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"MTL_TUTORIAL_DEVICE={forced!r} but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(
+                f"MTL_TUTORIAL_DEVICE={forced!r} but MPS is not available; unset it to use the CPU"
+            )
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> int:
+    """Seed Python's ``random``, NumPy and torch (CPU and every GPU); returns the seed.
+
+    Same seed, same machine, same numbers: the chapters call this once per experiment.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return seed
