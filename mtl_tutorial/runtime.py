@@ -82,3 +82,27 @@ def seed_everything(seed: int) -> int:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return seed
+
+
+def environment_summary() -> str:
+    """One line per fact a chapter's first cell shows: versions, device and mode."""
+    import platform
+
+    import transformers
+
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = "not installed"
+    return "\n".join(
+        [
+            f"python        {platform.python_version()}",
+            f"torch         {torch.__version__}",
+            f"transformers  {transformers.__version__}",
+            f"peft          {peft_version}",
+            f"device        {get_device()}",
+            f"mode          {'fast' if fast_mode() else 'full'}",
+        ]
+    )

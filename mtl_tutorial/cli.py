@@ -1,0 +1,177 @@
+"""The ``mtl-tutorial`` command: ``doctor``, ``list`` and ``run``.
+
+    mtl-tutorial doctor                 is this machine ready for the course?
+    mtl-tutorial list                   the chapters, with measured runtimes
+    mtl-tutorial run --fast 00 02       execute chapters headless, print wall times
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as metadata
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+PROJECT = "mtl-tutorial"
+
+
+def _requirements() -> list:
+    """The project's dependencies as ``packaging`` Requirements (from the installed metadata)."""
+    from packaging.requirements import Requirement
+
+    return [Requirement(r) for r in metadata.requires(PROJECT) or []]
+
+
+def doctor(args: argparse.Namespace) -> int:
+    """Check versions, device, backbone, data and mode; one line per fact, non-zero on a problem."""
+    problems: list[str] = []
+
+    def ok(label: str, value: str) -> None:
+        print(f"  ok       {label:<22} {value}")
+
+    def problem(label: str, message: str) -> None:
+        print(f"  PROBLEM  {label:<22} {message}")
+        problems.append(label)
+
+    print("mtl-tutorial doctor")
+    if sys.version_info >= (3, 10):
+        ok("python", platform.python_version())
+    else:
+        problem("python", f"{platform.python_version()} is too old; the course needs Python >= 3.10")
+
+    for requirement in _requirements():
+        try:
+            version = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            problem(requirement.name, f"not installed; run: pip install '{requirement}'")
+            continue
+        if requirement.specifier and not requirement.specifier.contains(version, prereleases=True):
+            problem(
+                requirement.name,
+                f"{version} is installed but the course needs {requirement}; run: pip install '{requirement}'",
+            )
+        else:
+            ok(requirement.name, version)
+
+    from mtl_tutorial.runtime import fast_mode, get_device
+
+    try:
+        ok("device", str(get_device()))
+    except (RuntimeError, ValueError) as err:
+        problem("device", str(err))
+    try:
+        ok("mode", "fast (MTL_TUTORIAL_FAST=1)" if fast_mode() else "full (set MTL_TUTORIAL_FAST=1 for fast)")
+    except ValueError as err:
+        problem("mode", str(err))
+
+    from mtl_tutorial.backbone import DEFAULT_BACKBONE, count_parameters, load_backbone
+
+    start = time.perf_counter()
+    try:
+        model, _ = load_backbone(args.backbone)
+    except OSError as err:
+        problem("backbone", str(err))
+    else:
+        seconds = time.perf_counter() - start
+        name = args.backbone or DEFAULT_BACKBONE
+        ok("backbone", f"{name}: {count_parameters(model) / 1e6:.1f}M parameters, loaded in {seconds:.1f} s")
+
+    from mtl_tutorial.chapters import project_root
+
+    try:
+        root = project_root()
+        ok("notebooks", f"{len(list((root / 'notebooks').glob('*.ipynb')))} chapters in {root / 'notebooks'}")
+    except FileNotFoundError as err:
+        problem("notebooks", str(err))
+
+    if problems:
+        print(f"{len(problems)} problem(s): {', '.join(problems)}. Fix them, then run mtl-tutorial doctor again.")
+        return 1
+    print("all good: open the chapters with `jupyter lab notebooks/`")
+    return 0
+
+
+def list_command(args: argparse.Namespace) -> int:
+    """Print README.md's chapter table: number, title, runtimes, and whether the notebook exists."""
+    from mtl_tutorial.chapters import list_chapters
+
+    chapters = list_chapters()
+    print(f"{'NN':<3} {'title':<40} {'fast CPU':>9} {'full CPU':>9} {'full GPU':>9}  notebook")
+    for c in chapters:
+        where = c.path.name if c.path else "(not written yet)"
+        times = " ".join(f"{c.runtimes[k]:>9}" for k in ("fast CPU", "full CPU", "full GPU"))
+        print(f"{c.number:<3} {c.title:<40} {times}  {where}")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Execute chapters in order; print a wall-time table; exit 1 at the first failing cell."""
+    from mtl_tutorial.chapters import ChapterFailed, project_root, resolve_chapters, run_notebook
+
+    if args.fast:
+        os.environ["MTL_TUTORIAL_FAST"] = "1"
+    from mtl_tutorial.runtime import fast_mode
+
+    mode = "fast" if fast_mode() else "full"
+    try:
+        paths = resolve_chapters(args.chapters)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    output_dir = Path(args.output) if args.output else project_root() / "build" / "notebooks"
+    timings: list[tuple[str, float]] = []
+    for path in paths:
+        target = path if args.inplace else output_dir / path.name
+        try:
+            timings.append((path.stem, run_notebook(path, target, timeout=args.timeout)))
+        except ChapterFailed as err:
+            print(f"FAILED: {err}", file=sys.stderr)
+            return 1
+    print(f"\n{'chapter':<40} {'mode':<5} {'wall time':>10}")
+    for name, seconds in timings:
+        print(f"{name:<40} {mode:<5} {seconds:>8.1f} s")
+    print(f"{'total':<40} {'':<5} {sum(s for _, s in timings):>8.1f} s")
+    print(f"executed notebooks: {'written in place' if args.inplace else output_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtl-tutorial", description="Multi-task learning for large models: the course's command."
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run}")
+
+    p = verbs.add_parser("doctor", help="check this machine is ready for the course",
+                         description="Check versions, device, backbone, data and mode.")
+    p.add_argument("--backbone", default=None, help="check this backbone instead of the shipped default")
+    p.set_defaults(func=doctor)
+
+    p = verbs.add_parser("list", help="list the chapters and their measured runtimes",
+                         description="List the chapters with titles and measured runtimes (README.md).")
+    p.set_defaults(func=list_command)
+
+    p = verbs.add_parser(
+        "run", help="execute chapters headless and time them",
+        description="Execute chapters top to bottom in fresh kernels, in order, and print their wall "
+        "times. Without --fast the mode comes from MTL_TUTORIAL_FAST (default: full).",
+    )
+    p.add_argument("chapters", nargs="*", metavar="CHAPTER",
+                   help="chapter numbers (00), file stems or .ipynb paths; none means all")
+    p.add_argument("--fast", action="store_true", help="fast mode (MTL_TUTORIAL_FAST=1): small sizes, as CI")
+    p.add_argument("--output", metavar="DIR", help="where executed copies go (default build/notebooks/)")
+    p.add_argument("--inplace", action="store_true", help="write outputs back into notebooks/ (to commit them)")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default 1800)")
+    p.set_defaults(func=run_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
