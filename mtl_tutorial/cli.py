@@ -79,6 +79,14 @@ def doctor(args: argparse.Namespace) -> int:
         name = args.backbone or DEFAULT_BACKBONE
         ok("backbone", f"{name}: {count_parameters(model) / 1e6:.1f}M parameters, loaded in {seconds:.1f} s")
 
+    from mtl_tutorial.data import task_summary
+
+    try:
+        for task, n_train, n_test, n_classes in task_summary():
+            ok(f"task {task}", f"{n_classes} classes, {n_train} train / {n_test} test examples")
+    except (OSError, ValueError) as err:
+        problem("data", str(err))
+
     from mtl_tutorial.chapters import project_root
 
     try:

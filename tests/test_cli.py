@@ -27,6 +27,8 @@ def test_doctor_passes_offline_and_reports_the_backbone():
     assert "PROBLEM" not in result.stdout
     for package in ("torch", "transformers", "peft", "jupyterlab", "ipywidgets", "nbval"):
         assert f"ok       {package} " in result.stdout
+    for task in ("sentiment", "condition", "supersense", "pos"):
+        assert f"ok       task {task} " in result.stdout
 
 
 def test_doctor_flags_a_missing_package_and_a_bad_mode(monkeypatch, capsys):
