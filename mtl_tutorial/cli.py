@@ -3,6 +3,7 @@
     mtl-tutorial doctor                 is this machine ready for the course?
     mtl-tutorial list                   the chapters, with measured runtimes
     mtl-tutorial run --fast 00 02       execute chapters headless, print wall times
+    mtl-tutorial bench lora             time our LoRA step against peft's
 """
 
 from __future__ import annotations
@@ -146,11 +147,18 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_command(args: argparse.Namespace) -> int:
+    """Hand over to ``mtl_tutorial.bench`` (``lora`` or ``aggregators``, with their options)."""
+    from mtl_tutorial.bench import main as bench_main
+
+    return bench_main(args.bench_args, prog="mtl-tutorial bench")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtl-tutorial", description="Multi-task learning for large models: the course's command."
     )
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run,bench}")
 
     p = verbs.add_parser("doctor", help="check this machine is ready for the course",
                          description="Check versions, device, backbone, data and mode.")
@@ -173,10 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inplace", action="store_true", help="write outputs back into notebooks/ (to commit them)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default 1800)")
     p.set_defaults(func=run_command)
+
+    p = verbs.add_parser("bench", add_help=False, help="time our LoRA vs peft's, or the gradient aggregators",
+                         description="Time training steps; see mtl-tutorial bench --help.")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=bench_command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # bench parses its own options (argparse would take its --help)
+        return bench_command(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 

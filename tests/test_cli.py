@@ -14,7 +14,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def test_every_verb_has_help():
-    for verb in ([], ["doctor"], ["list"], ["run"]):
+    for verb in ([], ["doctor"], ["list"], ["run"], ["bench"]):
         result = subprocess.run(["mtl-tutorial", *verb, "--help"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert "usage: mtl-tutorial" in result.stdout

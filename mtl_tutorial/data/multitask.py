@@ -1,0 +1,237 @@
+"""Several named tasks in one dataset, and the batch samplers that decide which task trains when.
+
+``MultiTaskDataset`` puts the tasks end to end: global index ``i`` belongs to the task whose
+range [offset_t, offset_t + N_t) holds it, so the index map covers every example of every task,
+once. ``MultiTaskBatchSampler`` turns it into batches; whatever the strategy, an epoch visits
+each example exactly once. The strategy only sets the *order*: while every task still has
+examples left in the epoch, the task of the next batch is drawn with probability
+
+    proportional:  p_t = N_t / Σ_s N_s
+    uniform:       p_t = 1 / T            (round robin: tasks take turns)
+    temperature:   p_t ∝ N_t^(1/τ)        (τ = 1 is proportional, τ → ∞ is uniform)
+
+and a task whose examples run out leaves the draw for the rest of the epoch. Temperature
+sampling is the mixing rule of multilingual NMT and T5 (Arivazhagan et al. 2019; Raffel et al. 2020).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+STRATEGIES = ("proportional", "uniform", "temperature")
+
+
+class MultiTaskItem(NamedTuple):
+    """One example: its task, its position inside that task, its input and its target."""
+
+    task: str
+    index: int
+    input: Any
+    target: Any
+
+
+class _PairDataset(Dataset):
+    """An (inputs, targets) pair seen as a dataset of (input, target) examples."""
+
+    def __init__(self, task: str, inputs: Sequence | torch.Tensor, targets: Sequence | torch.Tensor) -> None:
+        if len(inputs) != len(targets):
+            raise ValueError(
+                f"task {task!r} has {len(inputs)} inputs but {len(targets)} targets; they must match"
+            )
+        self.inputs, self.targets = inputs, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        return self.inputs[index], self.targets[index]
+
+
+class MultiTaskDataset(Dataset):
+    """Named tasks end to end: ``dataset[i]`` is a ``MultiTaskItem(task, index, input, target)``.
+
+    tasks: task name -> ``(inputs, targets)`` (tensors or lists of equal length N_t), or a
+    ``Dataset`` whose items are ``(input, target)`` pairs. ``len(dataset) = Σ_t N_t``.
+    """
+
+    def __init__(self, tasks: Mapping[str, tuple[Any, Any] | Dataset]) -> None:
+        if not tasks:
+            raise ValueError("tasks is empty; pass {'task name': (inputs, targets), ...}")
+        self.datasets: dict[str, Dataset] = {}
+        for name, data in tasks.items():
+            if not isinstance(name, str):
+                raise TypeError(f"task names must be strings, got {name!r}")
+            self.datasets[name] = _PairDataset(name, *data) if isinstance(data, tuple) else data
+        self.tasks: tuple[str, ...] = tuple(self.datasets)
+        self.sizes: dict[str, int] = {name: len(data) for name, data in self.datasets.items()}
+        empty = [name for name, size in self.sizes.items() if size == 0]
+        if empty:
+            raise ValueError(f"task(s) {', '.join(empty)} have no examples")
+        self.offsets: list[int] = np.cumsum([0, *self.sizes.values()]).tolist()  # (T + 1,)
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """Global index -> (task, index inside that task)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} is out of range for a dataset of {len(self)} examples")
+        position = bisect.bisect_right(self.offsets, index) - 1
+        return self.tasks[position], index - self.offsets[position]
+
+    def __getitem__(self, index: int) -> MultiTaskItem:
+        task, local = self.locate(index)
+        example_input, target = self.datasets[task][local]
+        return MultiTaskItem(task, local, example_input, target)
+
+
+def task_probabilities(
+    sizes: Mapping[str, int], strategy: str = "proportional", temperature: float = 2.0
+) -> dict[str, float]:
+    """p_t of each strategy (module docstring): task name -> probability, summing to 1.
+
+    ``temperature`` (τ > 0) is used by the ``temperature`` strategy only.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; strategies are: {', '.join(STRATEGIES)}")
+    if strategy == "temperature" and not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+    exponent = {"proportional": 1.0, "uniform": 0.0, "temperature": 1.0 / temperature}[strategy]
+    scores = {task: float(size) ** exponent for task, size in sizes.items()}
+    total = sum(scores.values())
+    return {task: score / total for task, score in scores.items()}
+
+
+class MultiTaskBatchSampler(Sampler[list[int]]):
+    """Batches of global indices of a ``MultiTaskDataset``; each epoch covers every example once.
+
+    Single-task batches (default): a batch holds ``batch_size`` examples of one task (the last
+    batch of a task may be smaller); the task of each batch follows the strategy.
+    ``mixed=True``: the task of each *example* follows the strategy and consecutive examples form
+    the batches, so one batch mixes tasks. Examples are shuffled within each task every epoch;
+    iterating again starts the next epoch (new shuffle). Same seed, same batches.
+    """
+
+    def __init__(
+        self,
+        dataset: MultiTaskDataset,
+        batch_size: int,
+        strategy: str = "proportional",
+        temperature: float = 2.0,
+        mixed: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.dataset, self.batch_size, self.mixed, self.seed = dataset, batch_size, mixed, seed
+        self.strategy = strategy
+        self.probabilities = task_probabilities(dataset.sizes, strategy, temperature)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        if self.mixed:
+            return math.ceil(len(self.dataset) / self.batch_size)
+        return sum(math.ceil(size / self.batch_size) for size in self.dataset.sizes.values())
+
+    def _task_order(self, counts: list[int], rng: np.random.Generator) -> list[int]:
+        """A task position per unit (batch or example): task t appears counts[t] times."""
+        remaining = np.array(counts)
+        probabilities = np.array([self.probabilities[task] for task in self.dataset.tasks])
+        order: list[int] = []
+        turn = 0
+        while remaining.sum() > 0:
+            if self.strategy == "uniform":  # round robin over the tasks that still have examples
+                while remaining[turn % len(remaining)] == 0:
+                    turn += 1
+                task = turn % len(remaining)
+                turn += 1
+            else:
+                active = probabilities * (remaining > 0)
+                task = int(rng.choice(len(remaining), p=active / active.sum()))
+            order.append(task)
+            remaining[task] -= 1
+        return order
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        queues = [
+            (self.dataset.offsets[t] + rng.permutation(size)).tolist()
+            for t, size in enumerate(self.dataset.sizes.values())
+        ]
+        if self.mixed:
+            order = self._task_order([len(queue) for queue in queues], rng)
+            flat = [queues[t].pop() for t in order]
+            for start in range(0, len(flat), self.batch_size):
+                yield flat[start : start + self.batch_size]
+        else:
+            counts = [math.ceil(len(queue) / self.batch_size) for queue in queues]
+            for t in self._task_order(counts, rng):
+                batch, queues[t] = queues[t][: self.batch_size], queues[t][self.batch_size :]
+                yield batch
+
+
+@dataclass
+class MultiTaskBatch:
+    """A collated batch: ``tasks[i]``, ``indices[i]`` (position inside its task), ``inputs``, ``targets``.
+
+    inputs: stacked tensor (B, ...) or list of B texts; targets: (B, ...) tensor.
+    """
+
+    tasks: tuple[str, ...]
+    indices: torch.Tensor
+    inputs: Any
+    targets: torch.Tensor
+
+    def to(self, device: torch.device | str) -> MultiTaskBatch:
+        """The same batch with its tensors (and tensors inside a dict of inputs) on ``device``."""
+        inputs = self.inputs
+        if isinstance(inputs, torch.Tensor):
+            inputs = inputs.to(device)
+        elif isinstance(inputs, Mapping):
+            inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
+        return MultiTaskBatch(self.tasks, self.indices, inputs, self.targets.to(device))
+
+    @property
+    def is_single_task(self) -> bool:
+        return len(set(self.tasks)) == 1
+
+    @property
+    def task(self) -> str:
+        """The task of a single-task batch; a mixed batch raises (use ``tasks``)."""
+        if not self.is_single_task:
+            raise ValueError(
+                f"this batch mixes tasks {', '.join(sorted(set(self.tasks)))}; use batch.tasks "
+                f"(one name per example)"
+            )
+        return self.tasks[0]
+
+
+def collate_multitask(items: Sequence[MultiTaskItem]) -> MultiTaskBatch:
+    """Collate ``MultiTaskItem``s: inputs and targets with torch's ``default_collate``."""
+    return MultiTaskBatch(
+        tasks=tuple(item.task for item in items),
+        indices=torch.tensor([item.index for item in items]),
+        inputs=default_collate([item.input for item in items]),
+        targets=default_collate([item.target for item in items]),
+    )
+
+
+def multitask_loader(
+    dataset: MultiTaskDataset,
+    batch_size: int,
+    strategy: str = "proportional",
+    temperature: float = 2.0,
+    mixed: bool = False,
+    seed: int = 0,
+) -> DataLoader:
+    """A ``DataLoader`` of ``MultiTaskBatch``es driven by a ``MultiTaskBatchSampler`` (same arguments)."""
+    sampler = MultiTaskBatchSampler(dataset, batch_size, strategy, temperature, mixed, seed)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_multitask)

@@ -1,0 +1,188 @@
+"""Bookkeeping shared by the multi-task PEFT methods (adapters, LoRA, prefixes).
+
+All three keep one frozen backbone and give each named task its own small modules inside it plus
+its own head. Two things are the same for every method and live here, once:
+
+- **routing**: which task each example of the next batch belongs to. Every layer that holds
+  per-task modules subclasses ``TaskRoutedLayer``; ``task_routing(model, task)`` sets the routing of
+  all of them for one forward pass: one task name for a single-task batch, or one name per example
+  for a mixed-task batch (which peft allows at inference only; here it works in training too).
+- **one task's state**: ``MultiTaskPEFTModel`` saves and loads what one task owns (its PEFT tensors
+  and its head) to a safetensors file, without the backbone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from mtl_tutorial.models import HardSharingModel
+
+TaskRouting = str | dict[str, torch.Tensor] | None
+"""One task for the whole batch, task -> positions (B_t,) of its examples in the batch, or None."""
+
+
+def check_task_names(tasks: Sequence[str]) -> None:
+    """Task names are unique, non-empty strings without '.' (they become parameter names)."""
+    if isinstance(tasks, str) or not tasks:
+        raise ValueError(f"tasks must be a non-empty list of task names, got {tasks!r}")
+    for task in tasks:
+        if not isinstance(task, str) or not task or "." in task:
+            raise ValueError(f"task names must be non-empty strings without '.', got {task!r}")
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"task names must be unique, got {list(tasks)}")
+
+
+def make_routing(task: str | Sequence[str] | None, tasks: Sequence[str]) -> TaskRouting:
+    """A task name, one name per example, or None -> the routing the layers apply."""
+    if task is None:
+        return None
+    if isinstance(task, torch.Tensor):
+        raise TypeError(
+            f"pass task names, not a tensor of task ids; map them first: [tasks[i] for i in ids.tolist()] "
+            f"with tasks {list(tasks)}"
+        )
+    names = [task] if isinstance(task, str) else list(task)
+    for name in dict.fromkeys(names):
+        if name not in tasks:
+            raise ValueError(f"unknown task {name!r}; tasks are: {', '.join(tasks)}")
+    if isinstance(task, str):
+        return task
+    return {name: torch.tensor([i for i, t in enumerate(names) if t == name]) for name in dict.fromkeys(names)}
+
+
+class TaskRoutedLayer(nn.Module):
+    """Base of every layer that holds per-task modules; ``routing`` says whose examples come next."""
+
+    routing: TaskRouting = None
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def current_routing(self, batch_size: int) -> str | dict[str, torch.Tensor]:
+        """The routing of this forward pass, checked against the batch size."""
+        routing = self.routing
+        if routing is None:
+            raise RuntimeError(
+                f"no task is active in this multi-task layer; call the multi-task model with a task, or "
+                f"set_active_task(model, task) with one of: {', '.join(self.tasks)}"
+            )
+        if isinstance(routing, dict) and sum(len(p) for p in routing.values()) != batch_size:
+            raise ValueError(
+                f"the task routing covers {sum(len(p) for p in routing.values())} examples but the batch "
+                f"has {batch_size}; pass one task name per example"
+            )
+        return routing
+
+
+def routed_layers(model: nn.Module) -> list[TaskRoutedLayer]:
+    """Every ``TaskRoutedLayer`` in ``model``; an error when there is none."""
+    layers = [m for m in model.modules() if isinstance(m, TaskRoutedLayer)]
+    if not layers:
+        raise ValueError("this model has no multi-task PEFT layers; add per-task adapters, LoRA or prefixes first")
+    return layers
+
+
+def set_active_task(model: nn.Module, task: str | None) -> None:
+    """Route every later batch through ``task``'s modules (None: no task, calls then fail clearly)."""
+    layers = routed_layers(model)
+    routing = make_routing(task, layers[0].tasks)
+    for layer in layers:
+        layer.routing = routing
+
+
+@contextlib.contextmanager
+def task_routing(model: nn.Module, task: str | Sequence[str]) -> Iterator[None]:
+    """Inside the block, example i of the batch goes through ``task`` (one name) or ``task[i]``;
+    the previous routing comes back on exit."""
+    layers = routed_layers(model)
+    routing = make_routing(task, layers[0].tasks)
+    previous = [layer.routing for layer in layers]
+    for layer in layers:
+        layer.routing = routing
+    try:
+        yield
+    finally:
+        for layer, before in zip(layers, previous):
+            layer.routing = before
+
+
+class MultiTaskPEFTModel(HardSharingModel):
+    """A frozen trunk with per-task PEFT layers inside it, and one head per task.
+
+    ``forward(x, "sentiment")`` and ``forward(x, ["sentiment", "pos", ...])`` behave as in
+    ``HardSharingModel`` (a mixed batch returns ``{task: TaskOutput}``), with every example routed
+    through its own task's layers, in training too. Subclasses add the layers and say, in
+    ``task_state_dict``, which tensors one task owns.
+    """
+
+    save_format = "mtl_tutorial.task/1"
+
+    def forward(self, x: Any, task: str | Sequence[str]) -> Any:
+        with task_routing(self, task):
+            return super().forward(x, task)
+
+    def set_active_task(self, task: str | None) -> None:
+        """Route the trunk through ``task`` when it is called on its own (e.g. to encode texts)."""
+        set_active_task(self, task)
+
+    def task_peft_state_dict(self, task: str) -> dict[str, torch.Tensor]:
+        """The PEFT tensors of task ``task`` inside the trunk (subclasses define it)."""
+        raise NotImplementedError
+
+    def task_metadata(self) -> dict[str, str]:
+        """Hyper-parameters stored beside a saved task (e.g. the LoRA rank), as strings."""
+        return {}
+
+    def task_state_dict(self, task: str) -> dict[str, torch.Tensor]:
+        """What task ``task`` owns: its PEFT tensors and ``head.<name>`` for its head; no backbone."""
+        self._check_task(task)
+        state = dict(self.task_peft_state_dict(task))
+        state |= {f"head.{name}": t for name, t in self.heads[task].state_dict(keep_vars=True).items()}
+        return state
+
+    def task_parameter_count(self, task: str) -> int:
+        """Trainable parameters of one task: its PEFT tensors and its head."""
+        return sum(tensor.numel() for tensor in self.task_state_dict(task).values())
+
+    def save_task(self, task: str, path: str | os.PathLike) -> None:
+        """Write one task's PEFT tensors and head to a safetensors file (no backbone)."""
+        from safetensors.torch import save_file
+
+        tensors = {k: t.detach().cpu().clone().contiguous() for k, t in self.task_state_dict(task).items()}
+        save_file(tensors, str(path), metadata={"format": self.save_format, "task": task, **self.task_metadata()})
+
+    def load_task(self, task: str, path: str | os.PathLike) -> None:
+        """Overwrite task ``task``'s PEFT tensors and head with those ``save_task`` wrote."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as handle:
+            stored_format = (handle.metadata() or {}).get("format")
+        if stored_format != self.save_format:
+            raise ValueError(
+                f"{path} holds {stored_format or 'an unknown format'}, not {self.save_format}; load it into "
+                f"the same kind of model that saved it"
+            )
+        saved, own = load_file(str(path)), self.task_state_dict(task)
+        missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not fit task {task!r} of this model: missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}; save and load with the same layers, sizes and head"
+            )
+        for key, tensor in own.items():
+            if saved[key].shape != tensor.shape:
+                raise ValueError(
+                    f"{key} has shape {tuple(saved[key].shape)} in {path} but {tuple(tensor.shape)} here; "
+                    f"use the same sizes as the saved model"
+                )
+        with torch.no_grad():
+            for key, tensor in own.items():
+                tensor.copy_(saved[key])
+

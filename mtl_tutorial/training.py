@@ -1,0 +1,313 @@
+"""The one training loop of the course, its ``History``, and test-set evaluation.
+
+One step: take a batch, run the model, compute each task's loss L_t on that task's examples,
+let the *weighting* turn them into one number, back-propagate it, step the optimizer:
+
+    total, task_weights = weighting({t: L_t}, step=step, model=model)     # default: Σ_t L_t
+    total.backward(); optimizer.step()
+
+The weighting is the seam later chapters plug into: any object with
+``__call__(losses: dict[str, Tensor], **ctx) -> (total: Tensor, weights: dict[str, float])``
+(static weights, uncertainty weighting, GradNorm, DWA: ``mtl_tutorial.weighting``). Gradients are
+cleared before the weighting runs, so it may set gradients itself: GradNorm writes those of its own
+weights; a gradient aggregator (PCGrad, MGDA, CAGrad: ``aggregation.GradientAggregation``) writes
+every parameter's gradient and sets ``writes_gradients = True``, and the loop then skips
+``total.backward()``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mtl_tutorial.data.multitask import MultiTaskBatch
+from mtl_tutorial.models import TaskOutput, select_examples
+from mtl_tutorial.objectives import weighted_sum
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(outputs (B_t, ...), targets (B_t, ...)) -> 0-dim loss."""
+
+
+class Weighting(Protocol):
+    """Turns per-task losses into the loss to back-propagate: ``(total, {task: λ_t})``.
+
+    ctx holds ``step`` (1-based) and ``model``; a weighting takes what it needs and ignores the rest.
+    An ``nn.Module`` weighting is moved to the device and its parameters are trained with the model
+    (at its attribute ``lr`` when set). ``writes_gradients = True``: the weighting has written the
+    gradients itself; ``total`` is then only recorded, not back-propagated.
+    """
+
+    def __call__(
+        self, losses: dict[str, torch.Tensor], **ctx: Any
+    ) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+@dataclass
+class History:
+    """What a run measured, step by step. Lists are aligned with ``steps`` / ``eval_steps``.
+
+    losses[task][k]: L_t at steps[k] (nan when task t had no example in that batch);
+    task_weights[task][k]: λ_t at steps[k] (nan likewise); total_loss[k]: the back-propagated loss;
+    metrics[name][j]: metric ``name`` (e.g. ``"sentiment/accuracy"``) at eval_steps[j].
+    """
+
+    tasks: tuple[str, ...]
+    steps: list[int] = field(default_factory=list)
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    task_weights: dict[str, list[float]] = field(default_factory=dict)
+    total_loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for task in self.tasks:
+            self.losses.setdefault(task, [])
+            self.task_weights.setdefault(task, [])
+
+    def record_step(self, step: int, losses: Mapping[str, float], weights: Mapping[str, float], total: float) -> None:
+        """Append one step; tasks absent from ``losses`` get nan."""
+        self.steps.append(step)
+        self.total_loss.append(total)
+        for task in self.tasks:
+            self.losses[task].append(losses.get(task, math.nan))
+            self.task_weights[task].append(weights.get(task, math.nan))
+
+    def record_eval(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Append one evaluation; a metric missing from an evaluation gets nan there."""
+        for name in metrics:
+            self.metrics.setdefault(name, [math.nan] * len(self.eval_steps))
+        self.eval_steps.append(step)
+        for name, values in self.metrics.items():
+            values.append(float(metrics.get(name, math.nan)))
+
+    def loss_curve(self, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, losses) of one task at the steps where it trained: two (K,) arrays."""
+        return self._curve(self.losses, task)
+
+    def weight_curve(self, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, λ_t) of one task at the steps where it trained: two (K,) arrays."""
+        return self._curve(self.task_weights, task)
+
+    def _curve(self, table: dict[str, list[float]], task: str) -> tuple[np.ndarray, np.ndarray]:
+        if task not in table:
+            raise ValueError(f"unknown task {task!r}; tasks are: {', '.join(self.tasks)}")
+        steps, values = np.array(self.steps), np.array(table[task], dtype=float)
+        keep = ~np.isnan(values)
+        return steps[keep], values[keep]
+
+    def final_metrics(self) -> dict[str, float]:
+        """The metrics of the last evaluation."""
+        if not self.eval_steps:
+            raise ValueError("no evaluation was recorded; pass eval_fn to train()")
+        return {name: values[-1] for name, values in self.metrics.items()}
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """Flat name -> array view: ``step``, ``total_loss``, ``loss/<task>``, ``weight/<task>``,
+        ``eval_step``, ``metric/<name>``."""
+        arrays = {"step": np.array(self.steps), "total_loss": np.array(self.total_loss)}
+        arrays |= {f"loss/{t}": np.array(v, dtype=float) for t, v in self.losses.items()}
+        arrays |= {f"weight/{t}": np.array(v, dtype=float) for t, v in self.task_weights.items()}
+        arrays["eval_step"] = np.array(self.eval_steps)
+        arrays |= {f"metric/{n}": np.array(v, dtype=float) for n, v in self.metrics.items()}
+        return arrays
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training met a nan or infinite loss. ``history`` holds every step completed before it.
+
+    step: the step that failed; task: the first task whose loss was not finite (None when every
+    task loss was finite but the weighted total was not); losses: that step's task losses.
+    """
+
+    def __init__(self, step: int, task: str | None, losses: dict[str, float], history: History) -> None:
+        self.step, self.task, self.losses, self.history = step, task, losses, history
+        values = ", ".join(f"{t}={v:.4g}" for t, v in losses.items())
+        where = f"loss of task {task!r}" if task else "the weighted total loss"
+        super().__init__(
+            f"{where} is not finite at step {step} ({values}); training stopped. The {len(history.steps)} "
+            f"steps before it are kept in error.history. Try a smaller lr, or check the inputs and targets."
+        )
+
+
+class _FixedWeights:
+    """λ_t fixed for the whole run: given per task, or 1 for every task (``weights=None``)."""
+
+    def __init__(self, tasks: tuple[str, ...], weights: Mapping[str, float] | None) -> None:
+        if weights is not None:
+            weighted_sum(dict.fromkeys(tasks, torch.zeros(())), weights)  # one valid weight per task
+        self.weights = dict(weights) if weights is not None else dict.fromkeys(tasks, 1.0)
+
+    def __call__(self, losses: dict[str, torch.Tensor], **ctx: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        weights = {task: self.weights[task] for task in losses}
+        return weighted_sum(losses, weights), weights
+
+
+def _endless(loader: Iterable[MultiTaskBatch]) -> Iterator[MultiTaskBatch]:
+    """Iterate ``loader`` again and again (each pass is a new epoch)."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the loader yielded no batches")
+
+
+def _task_outputs(model: nn.Module, batch: MultiTaskBatch) -> dict[str, TaskOutput]:
+    """Run ``model`` on a batch: task -> TaskOutput(outputs, positions), single-task or mixed."""
+    if batch.is_single_task:
+        return {batch.task: TaskOutput(model(batch.inputs, batch.task), torch.arange(len(batch.tasks)))}
+    return model(batch.inputs, list(batch.tasks))
+
+
+def train(
+    model: nn.Module,
+    loader: Iterable[MultiTaskBatch],
+    loss_fns: Mapping[str, LossFunction],
+    num_steps: int,
+    lr: float = 1e-3,
+    optimizer: torch.optim.Optimizer | None = None,
+    weighting: Weighting | Mapping[str, float] | None = None,
+    eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+    eval_every: int | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    desc: str = "training",
+) -> History:
+    """Train ``model`` for ``num_steps`` batches of ``loader`` (cycled over epochs); returns a History.
+
+    loss_fns: task -> loss function; its keys are the tasks. weighting: None (λ_t = 1), a dict of
+    static task weights λ_t, or a ``Weighting``. optimizer: default Adam(lr) over the trainable
+    parameters of the model and of the weighting, if it is an ``nn.Module`` (at ``weighting.lr``
+    when that is set). eval_fn(model) ->
+    {metric: value} runs under ``torch.no_grad`` in eval mode every ``eval_every`` steps and after
+    the last step. A nan/inf loss raises ``NonFiniteLossError`` carrying the History so far.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if eval_every is not None and (eval_fn is None or eval_every < 1):
+        raise ValueError("eval_every needs an eval_fn and must be >= 1")
+    tasks = tuple(loss_fns)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device)
+    if weighting is None or isinstance(weighting, Mapping):
+        weighting = _FixedWeights(tasks, weighting)
+    if isinstance(weighting, nn.Module):
+        weighting.to(device)
+    if optimizer is None:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        if isinstance(weighting, nn.Module):
+            groups.append({"params": [p for p in weighting.parameters() if p.requires_grad],
+                           "lr": getattr(weighting, "lr", None) or lr})
+        optimizer = torch.optim.Adam([group for group in groups if group["params"]], lr=lr)
+    writes_gradients = getattr(weighting, "writes_gradients", False)
+
+    history = History(tasks)
+    batches = _endless(loader)
+    bar = tqdm(range(1, num_steps + 1), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        model.train()
+        batch = next(batches).to(device)
+        unknown = set(batch.tasks) - set(tasks)
+        if unknown:
+            raise ValueError(
+                f"batch holds task(s) {', '.join(sorted(unknown))} with no loss function; "
+                f"loss_fns has: {', '.join(tasks)}"
+            )
+        losses = {
+            task: loss_fns[task](out.outputs, batch.targets[out.positions.to(device)])
+            for task, out in _task_outputs(model, batch).items()
+        }
+        values = {task: float(loss.detach()) for task, loss in losses.items()}
+        bad = [task for task, value in values.items() if not math.isfinite(value)]
+        if bad:
+            raise NonFiniteLossError(step, bad[0], values, history)
+        optimizer.zero_grad(set_to_none=True)
+        total, task_weights = weighting(losses, step=step, model=model)
+        if not math.isfinite(float(total.detach())):
+            raise NonFiniteLossError(step, None, values, history)
+        if not writes_gradients:
+            total.backward()
+        optimizer.step()
+        history.record_step(step, values, task_weights, float(total.detach()))
+        if step % 10 == 0 or step == num_steps:
+            bar.set_postfix(loss=f"{float(total.detach()):.4f}")
+        if eval_fn is not None and ((eval_every and step % eval_every == 0) or step == num_steps):
+            model.eval()
+            with torch.no_grad():
+                history.record_eval(step, eval_fn(model))
+    model.eval()
+    return history
+
+
+def evaluate(
+    model: nn.Module,
+    data: Mapping[str, tuple[Any, torch.Tensor]],
+    metrics: Mapping[str, LossFunction],
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Metrics of ``model`` on held-out data: ``{"<task>/<metric>": value}``.
+
+    data: task -> (inputs, targets), inputs a tensor (N, ...) or a list of N texts; metrics: name ->
+    fn(outputs (N, ...), targets (N, ...)) -> 0-dim tensor, applied to every task. Runs in eval mode
+    without gradients, ``batch_size`` examples at a time, on the model's device.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results = {}
+    with torch.no_grad():
+        for task, (inputs, targets) in data.items():
+            inputs = inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
+            chunks = []
+            for start in range(0, len(targets), batch_size):
+                positions = torch.arange(start, min(start + batch_size, len(targets)))
+                chunks.append(model(select_examples(inputs, positions), task).cpu())
+            outputs = torch.cat(chunks)
+            for name, metric in metrics.items():
+                results[f"{task}/{name}"] = float(metric(outputs, torch.as_tensor(targets)))
+    model.train(was_training)
+    return results
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of examples whose arg-max class is the label. logits: (N, C); labels: (N,)."""
+    return (logits.argmax(dim=-1) == labels).float().mean()
+
+
+def macro_f1(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Unweighted mean over classes of F1 = 2·TP / (2·TP + FP + FN), over the classes that occur
+    in the labels or the predictions. logits: (N, C); labels: (N,)."""
+    predictions = logits.argmax(dim=-1)
+    classes = torch.unique(torch.cat([labels, predictions]))
+    scores = []
+    for c in classes:
+        tp = ((predictions == c) & (labels == c)).sum()
+        fp = ((predictions == c) & (labels != c)).sum()
+        fn = ((predictions != c) & (labels == c)).sum()
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return torch.stack(scores).float().mean()
+
+
+def mean_squared_error(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of (ŷ - y)² over all entries; predictions and targets of the same shape."""
+    if predictions.shape != targets.shape:
+        raise ValueError(
+            f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ in shape; "
+            f"squeeze the head's output, e.g. nn.Flatten(0) after nn.Linear(h, 1)"
+        )
+    return ((predictions - targets) ** 2).mean()
+
+
+def normalized_mean_squared_error(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """MSE / Var(y): 0 is a perfect fit, 1 is no better than always predicting the mean of the targets.
+
+    Comparable across tasks and seeds whose targets have different scales. predictions, targets: (N,).
+    """
+    return mean_squared_error(predictions, targets) / targets.var(unbiased=False)

@@ -1,0 +1,58 @@
+"""The LoRA step-time benchmark runs and reports both timings (the ratio is measured, not asserted)."""
+
+import pytest
+from transformers import BertConfig, BertModel
+
+from mtl_tutorial.bench import forward_latency, lora_step_time, main
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    config = BertConfig(vocab_size=1100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32)
+    return BertModel(config).eval()
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_lora_step_time_reports_both_times_and_their_ratio(tiny_bert):
+    result = lora_step_time(batch_size=2, seq_len=8, r=2, num_steps=3, warmup=1, backbone=tiny_bert)
+    assert result["ours_s"] > 0 and result["peft_s"] > 0
+    assert result["ratio"] == pytest.approx(result["ours_s"] / result["peft_s"])
+    assert result["trainable_ours"] == result["trainable_peft"] == 2 * 2 * 2 * (32 + 32)
+    assert (result["batch_size"], result["seq_len"], result["r"], result["num_steps"]) == (2, 8, 2, 3)
+
+
+def test_lora_step_time_validates_step_counts(tiny_bert):
+    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+        lora_step_time(num_steps=0, backbone=tiny_bert)
+
+
+def test_main_prints_the_comparison(monkeypatch, capsys):
+    fake = {"ours_s": 0.9, "peft_s": 1.0, "ratio": 0.9, "trainable_ours": 73728, "trainable_peft": 73728,
+            "batch_size": 32, "seq_len": 64, "r": 8, "num_steps": 10}
+    monkeypatch.setattr("mtl_tutorial.bench.lora_step_time", lambda **kwargs: fake)
+    assert main(["lora"]) == 0
+    out = capsys.readouterr().out
+    assert "ours     900.0 ms" in out and "peft    1000.0 ms" in out and "ours / peft = 0.900" in out
+
+
+def test_forward_latency_is_positive_and_restores_the_mode(tiny_bert):
+    import torch
+
+    tiny_bert.train()
+    inputs = {"input_ids": torch.randint(0, 1100, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    assert forward_latency(tiny_bert, inputs, repeats=3, warmup=1) > 0
+    assert tiny_bert.training
+    tiny_bert.eval()
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        forward_latency(tiny_bert, inputs, repeats=0)
+
+
+def test_main_aggregators_prints_the_table(monkeypatch, capsys):
+    times = {"equal": {"seconds": 0.1, "ratio": 1.0}, "pcgrad/parameters": {"seconds": 0.25, "ratio": 2.5}}
+    monkeypatch.setattr("mtl_tutorial.aggregation.text_benchmark_setup",
+                        lambda **kwargs: (None, None, {"a": None, "b": None}))
+    monkeypatch.setattr("mtl_tutorial.aggregation.aggregator_step_times", lambda *args, **kwargs: times)
+    assert main(["aggregators", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 tasks" in out and "pcgrad/parameters" in out and "2.50" in out

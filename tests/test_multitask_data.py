@@ -1,0 +1,115 @@
+"""MultiTaskDataset and its samplers: coverage per epoch, task frequencies, collation."""
+
+from collections import Counter
+
+import pytest
+import torch
+
+from mtl_tutorial.data import (
+    MultiTaskBatchSampler,
+    MultiTaskDataset,
+    collate_multitask,
+    multitask_loader,
+    task_probabilities,
+)
+
+SIZES = {"big": 230, "mid": 70, "small": 11}
+
+
+def make_dataset(sizes=SIZES):
+    return MultiTaskDataset(
+        {task: (torch.arange(size).float()[:, None], torch.arange(size) * 10) for task, size in sizes.items()}
+    )
+
+
+def test_dataset_length_items_and_index_map():
+    dataset = make_dataset()
+    assert len(dataset) == 311
+    assert dataset.offsets == [0, 230, 300, 311]
+    item = dataset[235]
+    assert (item.task, item.index, item.input.item(), item.target.item()) == ("mid", 5, 5.0, 50)
+    assert dataset.locate(310) == ("small", 10)
+    assert [dataset.locate(i) for i in range(len(dataset))] == [
+        (task, i) for task, size in SIZES.items() for i in range(size)
+    ]
+    with pytest.raises(IndexError, match="out of range"):
+        dataset[311]
+
+
+def test_dataset_validates_tasks():
+    with pytest.raises(ValueError, match="task 'a' has 3 inputs but 2 targets"):
+        MultiTaskDataset({"a": (torch.zeros(3), torch.zeros(2))})
+    with pytest.raises(ValueError, match="no examples"):
+        MultiTaskDataset({"a": ([], [])})
+    with pytest.raises(ValueError, match="tasks is empty"):
+        MultiTaskDataset({})
+
+
+@pytest.mark.parametrize("strategy", ["proportional", "uniform", "temperature"])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_every_example_exactly_once_per_epoch(strategy, mixed):
+    dataset = make_dataset()
+    sampler = MultiTaskBatchSampler(dataset, batch_size=8, strategy=strategy, mixed=mixed, seed=3)
+    for _ in range(2):  # two epochs, each a full cover with its own shuffle
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        counts = Counter(index for batch in batches for index in batch)
+        assert sorted(counts) == list(range(len(dataset))) and set(counts.values()) == {1}
+        assert all(1 <= len(batch) <= 8 for batch in batches)
+        if not mixed:
+            assert all(len({dataset.locate(i)[0] for i in batch}) == 1 for batch in batches)
+
+
+def test_epochs_reshuffle_and_seed_reproduces():
+    dataset = make_dataset()
+    first = MultiTaskBatchSampler(dataset, batch_size=8, seed=1)
+    second = MultiTaskBatchSampler(dataset, batch_size=8, seed=1)
+    epoch_1, epoch_2 = list(first), list(first)
+    assert epoch_1 == list(second) and epoch_1 != epoch_2
+
+
+def test_task_probabilities_formulas():
+    sizes = {"a": 100, "b": 400}
+    assert task_probabilities(sizes, "proportional") == pytest.approx({"a": 0.2, "b": 0.8})
+    assert task_probabilities(sizes, "uniform") == pytest.approx({"a": 0.5, "b": 0.5})
+    assert task_probabilities(sizes, "temperature", temperature=2.0) == pytest.approx({"a": 1 / 3, "b": 2 / 3})
+    with pytest.raises(ValueError, match="unknown strategy 'random'; strategies are: proportional"):
+        task_probabilities(sizes, "random")
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        task_probabilities(sizes, "temperature", temperature=0.0)
+
+
+@pytest.mark.parametrize("strategy", ["proportional", "uniform", "temperature"])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_task_frequencies_follow_the_strategy_while_all_tasks_remain(strategy, mixed):
+    sizes = {"a": 3000, "b": 12000}
+    dataset = MultiTaskDataset({task: (torch.zeros(n), torch.zeros(n)) for task, n in sizes.items()})
+    sampler = MultiTaskBatchSampler(dataset, batch_size=1, strategy=strategy, mixed=mixed, seed=0)
+    head = [dataset.locate(batch[0])[0] for batch, _ in zip(sampler, range(2000))]  # no task runs out yet
+    expected = task_probabilities(sizes, strategy, temperature=2.0)
+    assert Counter(head)["a"] / len(head) == pytest.approx(expected["a"], abs=0.03)
+
+
+def test_uniform_single_task_batches_take_turns_until_a_task_runs_out():
+    dataset = make_dataset({"a": 4, "b": 10})
+    tasks = [dataset.locate(batch[0])[0] for batch in MultiTaskBatchSampler(dataset, 2, strategy="uniform")]
+    assert tasks == ["a", "b", "a", "b", "b", "b", "b"]
+
+
+def test_loader_yields_collated_batches():
+    dataset = make_dataset()
+    batches = list(multitask_loader(dataset, batch_size=16, mixed=True, seed=0))
+    batch = batches[0]
+    assert batch.inputs.shape == (16, 1) and batch.targets.shape == (16,)
+    assert len(batch.tasks) == 16 and batch.indices.shape == (16,)
+    torch.testing.assert_close(batch.targets, batch.indices * 10)  # the item's index is its place in its task
+    mixed = next(b for b in batches if not b.is_single_task)
+    with pytest.raises(ValueError, match="mixes tasks .*use batch.tasks"):
+        mixed.task
+
+
+def test_collate_keeps_texts_as_a_list():
+    dataset = MultiTaskDataset({"sentiment": (["good", "bad"], torch.tensor([1, 0]))})
+    batch = collate_multitask([dataset[0], dataset[1]])
+    assert batch.inputs == ["good", "bad"] and batch.task == "sentiment"
+    assert batch.targets.tolist() == [1, 0]

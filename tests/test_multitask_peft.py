@@ -1,0 +1,121 @@
+"""The shared multi-task PEFT bookkeeping, on a toy layer: a per-task bias added to a frozen linear."""
+
+import pytest
+import torch
+from torch import nn
+
+from mtl_tutorial.multitask_peft import (
+    MultiTaskPEFTModel,
+    TaskRoutedLayer,
+    check_task_names,
+    make_routing,
+    set_active_task,
+    task_routing,
+)
+
+TASKS = ("sentiment", "pos")
+
+
+class PerTaskBias(TaskRoutedLayer):
+    def __init__(self, base: nn.Linear, tasks):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.bias = nn.ParameterDict({t: nn.Parameter(torch.randn(base.out_features)) for t in tasks})
+
+    @property
+    def tasks(self):
+        return tuple(self.bias)
+
+    def forward(self, x):
+        routing = self.current_routing(len(x))
+        y = self.base(x)
+        if isinstance(routing, str):
+            return y + self.bias[routing]
+        for task, positions in routing.items():
+            y = y.index_add(0, positions, self.bias[task].expand(len(positions), -1))
+        return y
+
+
+class ToyModel(MultiTaskPEFTModel):
+    def __init__(self):
+        torch.manual_seed(0)
+        trunk = nn.Sequential(PerTaskBias(nn.Linear(4, 5), TASKS), nn.ReLU())
+        super().__init__(trunk, {"sentiment": nn.Linear(5, 3), "pos": nn.Linear(5, 4)})
+
+    def task_peft_state_dict(self, task):
+        return {"bias": self.trunk[0].bias[task]}
+
+
+def test_make_routing():
+    assert make_routing("pos", TASKS) == "pos"
+    routing = make_routing(["pos", "sentiment", "pos"], TASKS)
+    assert list(routing) == ["pos", "sentiment"]
+    assert routing["pos"].tolist() == [0, 2] and routing["sentiment"].tolist() == [1]
+    assert make_routing(None, TASKS) is None
+    with pytest.raises(ValueError, match="unknown task 'sentimnet'; tasks are: sentiment, pos"):
+        make_routing("sentimnet", TASKS)
+    with pytest.raises(TypeError, match="not a tensor of task ids"):
+        make_routing(torch.tensor([0, 1]), TASKS)
+
+
+@pytest.mark.parametrize("tasks", ["sentiment", [], ["a", "a"], ["a.b"], [""]])
+def test_check_task_names_rejects(tasks):
+    with pytest.raises(ValueError):
+        check_task_names(tasks)
+
+
+def test_mixed_batch_equals_per_task_runs_and_gradients():
+    model = ToyModel()
+    x = torch.randn(5, 4)
+    names = ["pos", "sentiment", "pos", "sentiment", "sentiment"]
+    mixed = model(x, names)
+    assert set(mixed) == {"pos", "sentiment"}
+    for task, (outputs, positions) in mixed.items():
+        torch.testing.assert_close(outputs, model(x[positions], task))
+    (mixed["pos"].outputs.sum() + mixed["sentiment"].outputs.sum()).backward()
+    assert model.trunk[0].bias["pos"].grad is not None and model.trunk[0].bias["sentiment"].grad is not None
+    assert model.trunk[0].base.weight.grad is None
+
+
+def test_routing_is_cleared_after_a_call_and_a_missing_task_is_clear():
+    model = ToyModel()
+    model(torch.randn(2, 4), "pos")
+    with pytest.raises(RuntimeError, match="no task is active"):
+        model.trunk(torch.randn(2, 4))
+    set_active_task(model, "sentiment")
+    torch.testing.assert_close(model.trunk(torch.ones(1, 4)), model.trunk(torch.ones(1, 4)))
+    with task_routing(model, ["pos", "pos"]), pytest.raises(ValueError, match="covers 2 examples but the batch has 3"):
+        model.trunk(torch.randn(3, 4))
+    assert model.trunk[0].routing == "sentiment"
+    with pytest.raises(ValueError, match="no multi-task PEFT layers"):
+        set_active_task(nn.Linear(2, 2), "pos")
+
+
+def test_save_and_load_one_task_is_exact(tmp_path):
+    model, other = ToyModel(), ToyModel()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    x = torch.randn(3, 4)
+    model.save_task("pos", tmp_path / "pos.safetensors")
+    assert model.task_parameter_count("pos") == 5 + 5 * 4 + 4
+    other.trunk[0].base.load_state_dict(model.trunk[0].base.state_dict())  # same backbone
+    sentiment_before = other(x, "sentiment")
+    assert not torch.allclose(other(x, "pos"), model(x, "pos"))
+    other.load_task("pos", tmp_path / "pos.safetensors")
+    torch.testing.assert_close(other(x, "pos"), model(x, "pos"), rtol=0, atol=0)
+    torch.testing.assert_close(other(x, "sentiment"), sentiment_before, rtol=0, atol=0)  # other tasks untouched
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        model.save_task("nope", tmp_path / "x.safetensors")
+
+
+def test_load_rejects_a_file_of_another_shape_or_format(tmp_path):
+    from safetensors.torch import save_file
+
+    model = ToyModel()
+    save_file({"bias": torch.zeros(7)}, str(tmp_path / "alien.safetensors"))
+    with pytest.raises(ValueError, match="not mtl_tutorial.task/1"):
+        model.load_task("pos", tmp_path / "alien.safetensors")
+    model.save_task("sentiment", tmp_path / "sentiment.safetensors")
+    with pytest.raises(ValueError, match="head.weight has shape \\(3, 5\\) in .* but \\(4, 5\\) here"):
+        model.load_task("pos", tmp_path / "sentiment.safetensors")

@@ -1,0 +1,74 @@
+"""Plots return labelled Axes with the data they were given."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mtl_tutorial.objectives import TwoQuadratics, scalarization_sweep  # noqa: E402
+from mtl_tutorial.plotting import (  # noqa: E402
+    exponential_moving_average,
+    plot_loss_curves,
+    plot_mean_std,
+    plot_pareto_front,
+    plot_sweep,
+    plot_task_weights,
+    plot_weighted_objective,
+)
+from mtl_tutorial.training import History  # noqa: E402
+
+
+def small_history():
+    history = History(("a", "b"))
+    for step in range(1, 7):
+        task = "a" if step % 2 else "b"
+        history.record_step(step, {task: 1.0 / step}, {task: 0.5}, 0.5 / step)
+    return history
+
+
+def test_exponential_moving_average_values():
+    np.testing.assert_allclose(exponential_moving_average([1.0, 3.0, 3.0], 0.5), [1.0, 2.0, 2.5])
+    np.testing.assert_allclose(exponential_moving_average([4.0, 2.0], 0.0), [4.0, 2.0])
+    with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\)"):
+        exponential_moving_average([1.0], 1.0)
+
+
+def test_loss_curves_one_line_per_task_with_smoothing():
+    ax = plot_loss_curves(small_history(), smoothing=0.5, log_scale=True)
+    assert ax.get_xlabel() == "training step (batches)" and ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert len(ax.lines) == 4  # smoothed + faint raw curve per task
+    np.testing.assert_allclose(ax.lines[1].get_xdata(), [1, 3, 5])
+
+
+def test_task_weights_plot():
+    ax = plot_task_weights(small_history())
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.5, 0.5, 0.5])
+    assert "λ" in ax.get_ylabel()
+
+
+def test_pareto_plot_draws_the_front_sorted():
+    points = np.array([[0.0, 3.0], [2.0, 2.0], [3.0, 0.0], [1.0, 1.0]])
+    ax = plot_pareto_front(points, reached=points[[0, 2]], labels=("L1", "L2"))
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[0.0, 3.0], [1.0, 1.0], [3.0, 0.0]])
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("L1", "L2")
+
+
+def test_sweep_and_weighted_objective_plots():
+    problem = TwoQuadratics([-1.0, 0.0], [1.0, 0.0], torch.eye(2), torch.eye(2))
+    sweep = scalarization_sweep(problem, [0.0, 0.5, 1.0], torch.zeros(1, 2), num_steps=50)
+    ax = plot_sweep(sweep)
+    assert len(ax.lines) == 2 and ax.get_xlabel().startswith("λ")
+    ax = plot_weighted_objective(problem, 0.5, resolution=21)
+    star = ax.collections[-1].get_offsets()[0]  # the joint optimum, halfway between the optima
+    np.testing.assert_allclose(star, [0.0, 0.0], atol=1e-3)
+
+
+def test_mean_std_plot_checks_shapes():
+    ax = plot_mean_std([0, 1], {"shared": np.array([[1.0, 2.0], [3.0, 4.0]])}, "x", "y")
+    assert ax.get_legend().get_texts()[0].get_text() == "shared"
+    with pytest.raises(ValueError, match=r"shape \(repeats, 2\)"):
+        plot_mean_std([0, 1], {"shared": np.zeros(2)}, "x", "y")

@@ -1,0 +1,189 @@
+"""The training loop: History contents, weighting seam, non-finite losses, evaluation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mtl_tutorial.data import MultiTaskDataset, multitask_loader
+from mtl_tutorial.models import HardSharingModel
+from mtl_tutorial.training import (
+    History,
+    NonFiniteLossError,
+    accuracy,
+    evaluate,
+    macro_f1,
+    mean_squared_error,
+    normalized_mean_squared_error,
+    train,
+)
+
+
+def regression_head():
+    return nn.Sequential(nn.Linear(4, 1), nn.Flatten(0))
+
+
+def regression_setup(mixed=False, targets_b=None):
+    torch.manual_seed(0)
+    x = torch.randn(40, 3)
+    data = {"a": (x, x.sum(1)), "b": (x, x[:, 0] if targets_b is None else targets_b)}
+    loader = multitask_loader(MultiTaskDataset(data), batch_size=8, strategy="uniform", mixed=mixed, seed=0)
+    model = HardSharingModel(nn.Linear(3, 4), {"a": regression_head(), "b": regression_head()})
+    loss_fns = {"a": nn.functional.mse_loss, "b": nn.functional.mse_loss}
+    return model, loader, loss_fns, data
+
+
+def test_history_records_every_step_and_evaluation():
+    model, loader, loss_fns, data = regression_setup()
+    history = train(
+        model, loader, loss_fns, num_steps=12, lr=0.01, progress=False,
+        eval_fn=lambda m: evaluate(m, data, {"mse": mean_squared_error}), eval_every=5,
+    )
+    assert history.steps == list(range(1, 13))
+    assert history.eval_steps == [5, 10, 12]  # every 5 steps and after the last
+    assert set(history.metrics) == {"a/mse", "b/mse"} and len(history.metrics["a/mse"]) == 3
+    # uniform single-task batches alternate a, b, a, ...: each step has one task's loss, the other nan
+    a_losses = np.array(history.losses["a"])
+    assert not np.isnan(a_losses[0::2]).any() and np.isnan(a_losses[1::2]).all()
+    steps, values = history.loss_curve("a")
+    assert steps.tolist() == list(range(1, 13, 2)) and values.tolist() == a_losses[0::2].tolist()
+    assert history.weight_curve("b")[1].tolist() == [1.0] * 6
+    assert history.total_loss[0] == history.losses["a"][0]
+    assert history.final_metrics() == {name: values[-1] for name, values in history.metrics.items()}
+    arrays = history.as_arrays()
+    assert set(arrays) == {"step", "total_loss", "loss/a", "loss/b", "weight/a", "weight/b", "eval_step",
+                           "metric/a/mse", "metric/b/mse"}
+    assert history.metrics["a/mse"][-1] < history.metrics["a/mse"][0]  # it learns
+
+
+def test_mixed_batches_give_both_losses_per_step_and_static_weights_apply():
+    model, loader, loss_fns, _ = regression_setup(mixed=True)
+    history = train(model, loader, loss_fns, num_steps=5, weighting={"a": 0.25, "b": 2.0}, progress=False)
+    for k in range(5):
+        a, b = history.losses["a"][k], history.losses["b"][k]
+        assert history.total_loss[k] == pytest.approx(0.25 * a + 2.0 * b, rel=1e-6)
+    assert history.weight_curve("a")[1].tolist() == [0.25] * 5
+
+
+def test_custom_weighting_gets_step_and_model():
+    model, loader, loss_fns, _ = regression_setup(mixed=True)
+    seen = []
+
+    def weighting(losses, step, model, **ctx):
+        seen.append((step, type(model).__name__))
+        weights = {task: 1.0 / step for task in losses}
+        return sum(weights[t] * loss for t, loss in losses.items()), weights
+
+    history = train(model, loader, loss_fns, num_steps=3, weighting=weighting, progress=False)
+    assert seen == [(1, "HardSharingModel"), (2, "HardSharingModel"), (3, "HardSharingModel")]
+    assert history.task_weights["a"] == pytest.approx([1.0, 0.5, 1 / 3])
+
+
+def test_static_weights_are_validated_before_training():
+    model, loader, loss_fns, _ = regression_setup()
+    with pytest.raises(ValueError, match="no weight for task 'b'"):
+        train(model, loader, loss_fns, num_steps=1, weighting={"a": 1.0}, progress=False)
+
+
+def test_nan_loss_stops_with_step_task_and_history():
+    targets_b = torch.zeros(40)
+    targets_b[:] = math.nan  # every example of task b has a nan target
+    model, loader, loss_fns, _ = regression_setup(targets_b=targets_b)
+    with pytest.raises(NonFiniteLossError, match="loss of task 'b' is not finite at step 2") as caught:
+        train(model, loader, loss_fns, num_steps=10, progress=False)
+    error = caught.value
+    assert (error.step, error.task) == (2, "b") and math.isnan(error.losses["b"])
+    assert error.history.steps == [1] and not math.isnan(error.history.losses["a"][0])
+
+
+def test_infinite_loss_is_caught_too():
+    model, loader, loss_fns, _ = regression_setup(mixed=True)
+    loss_fns["a"] = lambda outputs, targets: outputs.sum() * math.inf
+    with pytest.raises(NonFiniteLossError, match="task 'a' is not finite at step 1") as caught:
+        train(model, loader, loss_fns, num_steps=3, progress=False)
+    assert caught.value.history.steps == []
+
+
+def test_a_task_without_loss_function_is_named():
+    model, loader, loss_fns, _ = regression_setup()
+    del loss_fns["b"]
+    with pytest.raises(ValueError, match="task\\(s\\) b with no loss function; loss_fns has: a"):
+        train(model, loader, loss_fns, num_steps=3, progress=False)
+
+
+def test_history_record_eval_fills_missing_metrics_with_nan():
+    history = History(("a",))
+    history.record_eval(1, {"a/acc": 0.5})
+    history.record_eval(2, {"a/f1": 0.25})
+    assert history.metrics["a/acc"][0] == 0.5 and math.isnan(history.metrics["a/acc"][1])
+    assert math.isnan(history.metrics["a/f1"][0]) and history.metrics["a/f1"][1] == 0.25
+    with pytest.raises(ValueError, match="unknown task 'b'; tasks are: a"):
+        history.loss_curve("b")
+
+
+def test_metric_values():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 1.0], [0.0, 5.0]])
+    labels = torch.tensor([0, 0, 0, 1])
+    assert accuracy(logits, labels).item() == 0.75
+    # class 0: tp 2, fp 0, fn 1 -> 4/5; class 1: tp 1, fp 1, fn 0 -> 2/3
+    assert macro_f1(logits, labels).item() == pytest.approx((4 / 5 + 2 / 3) / 2)
+    assert mean_squared_error(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 1.0])).item() == 2.5
+    # targets 0, 2 have variance 1: predicting their mean scores 1, a perfect fit 0
+    assert normalized_mean_squared_error(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 2.0])).item() == 1.0
+    assert normalized_mean_squared_error(torch.tensor([0.0, 2.0]), torch.tensor([0.0, 2.0])).item() == 0.0
+    with pytest.raises(ValueError, match="differ in shape"):
+        mean_squared_error(torch.zeros(2, 1), torch.zeros(2))
+
+
+def test_evaluate_batches_texts_and_tensors():
+    class TextLength(nn.Module):  # outputs the length of each text as a one-class logit
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x, task):
+            return self.scale * torch.tensor([[float(len(t))] for t in x])
+
+    texts, lengths = ["a", "bb", "ccc"], torch.tensor([[1.0], [2.0], [3.0]])
+    result = evaluate(TextLength(), {"t": (texts, lengths)}, {"mse": mean_squared_error}, batch_size=2)
+    assert result == {"t/mse": 0.0}
+
+
+def test_module_weighting_is_trained_at_its_own_lr_and_may_set_its_own_gradients():
+    class HalfLearned(nn.Module):  # λ_a = 1, λ_b = scale; writes scale's gradient itself
+        lr = 0.5
+
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, losses, **ctx):
+            self.scale.grad = torch.ones(())  # survives: the loop clears gradients before calling us
+            weights = {"a": 1.0, "b": float(self.scale.detach())}
+            return losses["a"] + self.scale.detach() * losses["b"], weights
+
+    model, loader, loss_fns, _ = regression_setup(mixed=True)
+    weighting = HalfLearned()
+    history = train(model, loader, loss_fns, num_steps=3, lr=0.01, weighting=weighting, progress=False)
+    assert history.task_weights["b"] == pytest.approx([1.0, 0.5, 0.0], abs=1e-6)  # Adam moves scale by lr = 0.5
+    assert weighting.scale.item() == pytest.approx(-0.5)
+
+
+def test_a_weighting_that_writes_gradients_is_not_back_propagated():
+    class ZeroGradients:  # writes zero gradients: the model must not move
+        writes_gradients = True
+
+        def __call__(self, losses, model, **ctx):
+            for parameter in model.parameters():
+                parameter.grad = torch.zeros_like(parameter)
+            total = sum(loss.detach() for loss in losses.values())
+            return total, dict.fromkeys(losses, 1.0)
+
+    model, loader, loss_fns, _ = regression_setup(mixed=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    history = train(model, loader, loss_fns, num_steps=3, weighting=ZeroGradients(), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert len(history.steps) == 3 and not any(p.grad is None for p in model.parameters())
+
