@@ -47,8 +47,9 @@ PLACEMENTS: dict[str, tuple[str, ...]] = {
 """placement -> the projections of each transformer layer that get an adapter (paths inside the layer)."""
 
 
-def _check_adapter_arguments(bottleneck_size: int, activation: str, hidden_size: int = 1) -> None:
-    for name, value in (("bottleneck_size", bottleneck_size), ("hidden_size", hidden_size)):
+def _check_adapter_arguments(bottleneck_size: int, activation: str, hidden_size: int | None = None) -> None:
+    sizes = {"bottleneck_size": bottleneck_size} | ({} if hidden_size is None else {"hidden_size": hidden_size})
+    for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if activation not in ACTIVATIONS:

@@ -104,21 +104,26 @@ def scalarization_sweep(
         return ScalarizationSweep(lambdas, params[rows, best].clone(), losses[rows, best].clone())
 
 
-def pareto_front(points: torch.Tensor | Sequence[Sequence[float]]) -> torch.Tensor:
+def pareto_front(points: torch.Tensor | Sequence[Sequence[float]], chunk_size: int = 512) -> torch.Tensor:
     """Which points no other point dominates (minimisation): a (N,) bool mask.
 
     points: (N, T), one row of task losses per candidate. Row j dominates row i when
     p_j ≤ p_i on every task and p_j < p_i on at least one. Identical rows do not dominate
-    each other, so duplicates on the front are all kept. Cost O(N² T).
+    each other, so duplicates on the front are all kept. Cost O(N² T) time, compared in chunks of
+    ``chunk_size`` candidates so that memory stays O(chunk_size · N · T).
     """
     points = torch.as_tensor(points, dtype=torch.float64)
     if points.dim() != 2:
         raise ValueError(f"points must have shape (N, T), got {tuple(points.shape)}")
     if not bool(torch.isfinite(points).all()):
         raise ValueError("points contain nan or inf; drop those rows first")
-    no_worse = (points[:, None, :] <= points[None, :, :]).all(-1)  # [j, i]: p_j <= p_i everywhere
-    better = (points[:, None, :] < points[None, :, :]).any(-1)  # [j, i]: p_j < p_i somewhere
-    return ~(no_worse & better).any(dim=0)
+    dominated = torch.zeros(len(points), dtype=torch.bool)
+    for start in range(0, len(points), chunk_size):
+        candidates = points[start : start + chunk_size, None, :]  # (C, 1, T): the rows i we test
+        no_worse = (points[None, :, :] <= candidates).all(-1)  # [i, j]: p_j <= p_i everywhere
+        better = (points[None, :, :] < candidates).any(-1)  # [i, j]: p_j < p_i somewhere
+        dominated[start : start + chunk_size] = (no_worse & better).any(dim=1)
+    return ~dominated
 
 
 def supported_points(

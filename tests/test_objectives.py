@@ -56,6 +56,7 @@ def test_pareto_front_on_known_points():
     )
     # (2, 2) is dominated by (1, 1); (1, 3) by (0, 3) and (1, 1); duplicates of (1, 1) both stay
     assert pareto_front(points).tolist() == [True, True, True, False, True, False, True]
+    assert pareto_front(points, chunk_size=2).tolist() == pareto_front(points).tolist()
 
 
 def test_pareto_front_single_point_and_shape_errors():
