@@ -23,21 +23,11 @@ optimizer, is almost invariant to the scale of the gradient.
 from __future__ import annotations
 
 import math
-import statistics
-import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
-
-from mtl_tutorial.backbone import load_backbone
-from mtl_tutorial.data import (
-    MultiTaskBatch, MultiTaskBatchSampler, MultiTaskDataset, collate_multitask, load_text_tasks,
-)
-from mtl_tutorial.models import HardSharingModel, TextEncoderTrunk, train_top_layers
-from mtl_tutorial.runtime import seed_everything
-from mtl_tutorial.training import LossFunction, train
 
 METHODS = ("equal", "pcgrad", "mgda", "cagrad")
 MODES = ("parameters", "representation")
@@ -67,9 +57,10 @@ def check_grads(grads: torch.Tensor) -> torch.Tensor:
 
 
 def gram_matrix(grads: torch.Tensor) -> torch.Tensor:
-    """G = grads gradsᵀ, G_ij = g_i · g_j: (T, P) -> (T, T) float64 on the CPU."""
-    grads = check_grads(grads)
-    return (grads @ grads.T).double().cpu()
+    """G = grads gradsᵀ, G_ij = g_i · g_j: (T, P) -> (T, T) float64 on the CPU, computed in float64
+    whatever the gradients' precision."""
+    grads = check_grads(grads).double()
+    return (grads @ grads.T).cpu()
 
 
 def gradient_cosines(grads: torch.Tensor) -> torch.Tensor:
@@ -89,64 +80,157 @@ def _cosines(gram: torch.Tensor) -> torch.Tensor:
 def _check_gram(gram: torch.Tensor) -> np.ndarray:
     """The Gram matrix as a float64 array, rescaled so that its mean diagonal is 1.
 
-    Every aggregator's weights are unchanged when all gradients are scaled by the same factor, so
-    the rescaling only keeps the solvers' step sizes independent of the gradients' magnitude.
+    A Gram matrix G_ij = g_i · g_j is symmetric and positive semi-definite; anything else is not
+    made of dot products (a sign or index slip) and is rejected. Every aggregator's weights are
+    unchanged when all gradients are scaled by the same factor, so the rescaling only keeps the
+    solvers' tolerances independent of the gradients' magnitude.
     """
+    if not isinstance(gram, torch.Tensor):
+        raise TypeError(f"gram must be a (T, T) tensor, got {type(gram).__name__}; build it with gram_matrix(grads)")
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 2:
         raise ValueError(f"gram must be a (T, T) matrix with T >= 2, got {tuple(gram.shape)}")
     matrix = gram.detach().double().cpu().numpy()
     if not np.isfinite(matrix).all():
         raise ValueError("the Gram matrix contains nan or inf: some task gradient is not finite")
+    size = np.abs(matrix).max()
+    asymmetry = np.abs(matrix - matrix.T).max()
+    if asymmetry > 1e-6 * size:
+        raise ValueError(
+            f"gram is not symmetric (max |G_ij - G_ji| = {asymmetry:.3g}), so it is not a Gram matrix "
+            f"G_ij = g_i · g_j; build it with gram_matrix(grads) from the (T, P) task gradients"
+        )
+    matrix = (matrix + matrix.T) / 2
+    lowest = np.linalg.eigvalsh(matrix)[0]
+    if lowest < -1e-6 * size:
+        raise ValueError(
+            f"gram has a negative eigenvalue ({lowest:.3g}), so it is not a Gram matrix of dot products "
+            f"(those are positive semi-definite); build it with gram_matrix(grads)"
+        )
     scale = np.trace(matrix) / len(matrix)
     return matrix / scale if scale > 0 else matrix
 
 
-def _project_to_simplex(v: np.ndarray) -> np.ndarray:
-    """The point of the simplex {w ≥ 0, Σ w = 1} closest to v (Duchi et al. 2008, sort-based)."""
-    u = np.sort(v)[::-1]
-    cumulative = np.cumsum(u) - 1.0
-    rho = np.nonzero(u - cumulative / np.arange(1, len(v) + 1) > 0)[0][-1]
-    return np.maximum(v - cumulative[rho] / (rho + 1), 0.0)
+def _solve_bordered(gram: np.ndarray, rhs: np.ndarray, total: float) -> np.ndarray:
+    """w solving [[G, 1], [1ᵀ, 0]] [w; ν] = [rhs; total]: the KKT system of a problem on the affine
+    set Σ w = total. Least squares when the points are (numerically) affinely dependent."""
+    size = len(gram)
+    system = np.ones((size + 1, size + 1))
+    system[:size, :size], system[size, size] = gram, 0.0
+    right = np.append(rhs, total)
+    try:
+        solution = np.linalg.solve(system, right)
+    except np.linalg.LinAlgError:
+        solution = None
+    if solution is None or not np.isfinite(solution).all() or np.abs(system @ solution - right).max() > 1e-9:
+        solution = np.linalg.lstsq(system, right, rcond=None)[0]
+    return solution[:size]
 
 
-def _minimise_on_simplex(
-    objective: Callable[[np.ndarray], tuple[float, np.ndarray]],
-    num_tasks: int,
-    max_iter: int = 250,
-    tol: float = 1e-8,
-) -> np.ndarray:
-    """min_w f(w) over the simplex for a convex f: accelerated projected gradient descent (FISTA,
-    Beck & Teboulle 2009) with backtracking and restarts.
+def _affine_minimiser(gram: np.ndarray) -> np.ndarray:
+    """argmin_w wᵀ G w subject to Σ w = 1 (signs free): the point of the affine hull of the points
+    closest to 0, from its KKT system G w = ν 1, Σ w = 1."""
+    return _solve_bordered(gram, np.zeros(len(gram)), 1.0)
 
-    objective(w) -> (f(w), ∇f(w)); starts at the centre w = 1/T. Each step projects y - step ∇f(y)
-    onto the simplex, halving the step until f(w⁺) ≤ f(y) + ∇f(y)·(w⁺ - y) + ‖w⁺ - y‖² / (2 step);
-    momentum restarts whenever f goes up. Stops when the Frank-Wolfe gap ∇f(w)·w - min_t ∇f(w)_t,
-    an upper bound on f(w) - min f, is below tol (the Gram matrix is scaled to a mean diagonal of 1),
-    or after max_iter steps (250, as Sener & Koltun's min-norm solver; typical problems need ~40).
+
+def _min_norm_weights(gram: np.ndarray, tol: float = 1e-13) -> tuple[np.ndarray, list[int]]:
+    """argmin_{w in simplex} wᵀ G w exactly, by Wolfe's (1976) min-norm-point algorithm: (w (T,), support).
+
+    G (T, T) is the Gram matrix of points p_t; x = Σ_S w_t p_t lives on a *corral* S of affinely
+    independent points. Each major step adds the point j with the smallest p_j · x; the minor steps
+    move x to the affine minimiser of S, dropping points whose weight would turn negative. It stops
+    when ‖x‖² - min_j p_j · x ≤ tol × max_t G_tt: half the Frank-Wolfe gap, an upper bound on the
+    distance to the optimum, so the answer is exact up to rounding. Finite; for T ≤ 10 a handful of
+    steps of (T + 1)-sized linear solves.
     """
-    w = np.full(num_tasks, 1.0 / num_tasks)
-    value, gradient = objective(w)
-    y, y_value, y_gradient, momentum, step = w, value, gradient, 1.0, 1.0
-    for _ in range(max_iter):
-        if gradient @ w - gradient.min() <= tol:
+    limit = tol * max(float(np.diag(gram).max()), np.finfo(float).tiny)
+    support, weights = [int(np.argmin(np.diag(gram)))], np.ones(1)
+    for _ in range(50 * len(gram)):
+        dots = gram[:, support] @ weights  # p_j · x for every j
+        j = int(np.argmin(dots))
+        if weights @ dots[support] - dots[j] <= limit or j in support:
             break
+        support, weights = support + [j], np.append(weights, 0.0)
         while True:
-            candidate = _project_to_simplex(y - step * y_gradient)
-            move = candidate - y
-            new_value, new_gradient = objective(candidate)
-            if new_value <= y_value + y_gradient @ move + (move @ move) / (2 * step) + 1e-15 or step < 1e-12:
+            affine = _affine_minimiser(gram[np.ix_(support, support)])
+            if (affine > 0).all():
+                weights = affine
                 break
-            step /= 2
-        if new_value > value:  # momentum overshot: restart from w (from w itself, f cannot rise)
-            if momentum == 1.0:
+            falling = np.flatnonzero(affine <= 0)  # move towards affine until the first weight hits 0
+            ratios = weights[falling] / np.maximum(weights[falling] - affine[falling], 1e-300)
+            step = ratios.min()
+            if step <= 0:  # the point just added cannot enter: x is optimal up to rounding
+                support, weights = support[:-1], weights[:-1]
                 break
-            y, y_value, y_gradient, momentum = w, value, gradient, 1.0
-            continue
-        next_momentum = (1 + math.sqrt(1 + 4 * momentum**2)) / 2
-        y = candidate + (momentum - 1) / next_momentum * (candidate - w)
-        w, value, gradient, momentum = candidate, new_value, new_gradient, next_momentum
-        y_value, y_gradient = objective(y)
-    return w
+            weights = weights + step * (affine - weights)
+            keep = weights > 1e-15
+            keep[falling[np.argmin(ratios)]] = False
+            support, weights = [s for s, k in zip(support, keep) if k], weights[keep] / weights[keep].sum()
+    return _spread(weights, support, len(gram)), support
+
+
+def _spread(weights: np.ndarray, support: list[int], size: int) -> np.ndarray:
+    full = np.zeros(size)
+    full[support] = weights / weights.sum()
+    return full
+
+
+def _cagrad_inner_weights(matrix: np.ndarray, radius: float, tol: float = 1e-12) -> np.ndarray:
+    """CAGrad's w = argmin_{w in simplex} F(w) = g_wᵀ g0 + radius ‖g_w‖ exactly, for radius > 0.
+
+    With κ = radius / ‖g_w‖ at the optimum, w is also the minimiser of the quadratic
+    g_wᵀ g0 + κ ‖g_w‖² / 2, i.e. the min-norm point of the points κ g_t + g0 (Wolfe's algorithm,
+    exact), and h(κ) = κ ‖g_w(κ)‖ is non-decreasing in κ: we solve h(κ) = radius. On a fixed corral S,
+    w(κ) = w₀ + v / κ (two linear solves), so h(κ)² is a quadratic in κ with a closed-form root; that
+    Newton-like step, safeguarded by bisection on log κ, finds the optimal S in a few steps. Accepted
+    when the Frank-Wolfe gap of F is ≤ tol (F is convex; the Gram matrix is scaled to a mean
+    diagonal of 1).
+    """
+    size = len(matrix)
+    mean_dots = matrix.mean(axis=1)  # b_t = g_t · g0
+    g0_squared = float(mean_dots.mean())
+
+    def gap(w: np.ndarray) -> float:
+        gw_norm = math.sqrt(max(w @ matrix @ w, 0.0))
+        if gw_norm <= 1e-15:
+            return math.inf
+        gradient = mean_dots + radius * (matrix @ w) / gw_norm
+        return float(w @ gradient - gradient.min())
+
+    low, high, kappa, best = 0.0, math.inf, 1.0, None
+    for _ in range(200):
+        shifted = (kappa**2 * matrix + kappa * (mean_dots[:, None] + mean_dots[None, :]) + g0_squared) / (1 + kappa) ** 2
+        w, support = _min_norm_weights(shifted)
+        if best is None or gap(w) < gap(best):
+            best = w
+        h = kappa * math.sqrt(max(w @ matrix @ w, 0.0))
+        low, high = (kappa, high) if h < radius else (low, kappa)
+        sub = matrix[np.ix_(support, support)]  # the corral's closed form: w(κ) = w0 + v / κ
+        w0 = _affine_minimiser(sub)
+        v = _solve_bordered(sub, -mean_dots[support], 0.0)
+        a, b, c = w0 @ sub @ w0, w0 @ sub @ v, v @ sub @ v  # h(κ)² = a κ² + 2 b κ + c
+        discriminant = b * b - a * (c - radius**2)
+        step = (-b + math.sqrt(discriminant)) / a if a > 1e-15 and discriminant >= 0 else math.nan
+        if step > 0:
+            candidate = np.zeros(size)
+            candidate[support] = w0 + v / step
+            if candidate.min() >= -1e-12:
+                candidate = np.maximum(candidate, 0.0)
+                candidate /= candidate.sum()
+                if gap(candidate) < gap(best):
+                    best = candidate
+        if gap(best) <= tol:
+            return best
+        if low < step < high:
+            kappa = step
+        elif math.isinf(high):
+            kappa *= 4.0
+            if kappa > 1e15:  # h never reaches the radius: 0 is in the hull, F's minimum is at g_w = 0
+                return best
+        else:
+            kappa = math.sqrt(low * high) if low > 0 else high / 4.0
+            if high - low <= 1e-15 * high:
+                return best
+    return best
 
 
 def pcgrad_weights(gram: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -174,15 +258,16 @@ def mgda_weights(gram: torch.Tensor) -> torch.Tensor:
     """MGDA's min-norm weights: argmin_{w in simplex} ‖Σ_t w_t g_t‖² = wᵀ G w; gram (T, T) -> w (T,) float64.
 
     Sener & Koltun 2018, "Multi-task learning as multi-objective optimization". Two tasks have the
-    closed form w_1 = clip((g_2 - g_1)·g_2 / ‖g_1 - g_2‖², 0, 1) (their Algorithm 1); more tasks use
-    projected gradient descent on the simplex (the problem is a convex quadratic program).
+    closed form w_1 = clip((g_2 - g_1)·g_2 / ‖g_1 - g_2‖², 0, 1) (their Algorithm 1); more tasks are
+    solved exactly by Wolfe's min-norm-point algorithm (``_min_norm_weights``; Sener & Koltun use an
+    iterative Frank-Wolfe solver instead, which can stop short of the minimum).
     """
     matrix = _check_gram(gram)
     if len(matrix) == 2:
         gap = matrix[0, 0] + matrix[1, 1] - 2 * matrix[0, 1]  # ‖g_1 - g_2‖²
         w1 = 0.5 if gap <= 1e-12 else float(np.clip((matrix[1, 1] - matrix[0, 1]) / gap, 0.0, 1.0))
         return torch.tensor([w1, 1.0 - w1], dtype=torch.float64)
-    return torch.from_numpy(_minimise_on_simplex(lambda w: (w @ matrix @ w, 2 * matrix @ w), len(matrix)))
+    return torch.from_numpy(_min_norm_weights(matrix)[0])
 
 
 def cagrad_weights(gram: torch.Tensor, c: float = 0.5) -> torch.Tensor:
@@ -191,54 +276,24 @@ def cagrad_weights(gram: torch.Tensor, c: float = 0.5) -> torch.Tensor:
     Liu et al. 2021, "Conflict-averse gradient descent for multi-task learning", Algorithm 1:
     g0 = (1/T) Σ_t g_t is the average gradient; w minimises g_wᵀ g0 + c‖g0‖ ‖g_w‖ over the simplex
     (g_w = Σ_t w_t g_t), so α_t = 1/T + c‖g0‖ w_t / ‖g_w‖. c ≥ 0 is the radius of the ball around
-    g0 in which d may turn (c = 0: plain average). No rescaling: the authors' code optionally
-    divides d by 1 + c² (its ``rescale``); we return d as the algorithm defines it.
+    g0 in which d may turn (c = 0: plain average). The inner problem is solved exactly
+    (``_cagrad_inner_weights``; the authors call scipy's SLSQP). No rescaling: the authors' code
+    optionally divides d by 1 + c² (its ``rescale``); we return d as the algorithm defines it.
+    When 0 is in the convex hull and no w with g_w ≠ 0 is better, d = g0.
     """
     if not (math.isfinite(c) and c >= 0):
         raise ValueError(f"c must be finite and >= 0, got {c!r}")
     matrix = _check_gram(gram)
     num_tasks = len(matrix)
-    mean_dots = matrix.mean(axis=1)  # g_t · g0
-    g0_norm = math.sqrt(max(mean_dots.mean(), 0.0))
-    radius = c * g0_norm
-
-    def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
-        gw_norm = math.sqrt(max(w @ matrix @ w, 0.0))
-        gradient = mean_dots + (radius * (matrix @ w) / gw_norm if gw_norm > 1e-12 else 0.0)
-        return w @ mean_dots + radius * gw_norm, gradient
-
-    w = _cagrad_two_tasks(matrix, mean_dots, radius) if num_tasks == 2 else _minimise_on_simplex(objective, num_tasks)
-    gw_norm = math.sqrt(max(w @ matrix @ w, 0.0))
     alpha = np.full(num_tasks, 1.0 / num_tasks)
+    radius = c * math.sqrt(max(matrix.mean(), 0.0))  # c‖g0‖, ‖g0‖² = mean of G
+    if radius <= 0:
+        return torch.from_numpy(alpha)
+    w = _cagrad_inner_weights(matrix, radius)
+    gw_norm = math.sqrt(max(w @ matrix @ w, 0.0))
     if gw_norm > 1e-12:
         alpha += radius * w / gw_norm
     return torch.from_numpy(alpha)
-
-
-def _cagrad_two_tasks(matrix: np.ndarray, mean_dots: np.ndarray, radius: float) -> np.ndarray:
-    """CAGrad's w for two tasks in closed form. With w = (a, 1 - a), g_w = g_2 + a δ, δ = g_1 - g_2:
-
-        F(a) = a δ·g0 + radius √q(a),   q(a) = A a² + 2B a + C,   A = ‖δ‖², B = δ·g_2, C = ‖g_2‖².
-
-    F'(a) = 0 at u = A a + B with u √A / √(u² + D) = r, r = -δ·g0 / radius, D = AC - B² ≥ 0, so
-    u = sign(r) √(r² D / (A - r²)) when r² < A. F is convex: the best of that point (clipped to
-    [0, 1]) and the two ends is the minimum.
-    """
-    A = matrix[0, 0] + matrix[1, 1] - 2 * matrix[0, 1]
-    B, C = matrix[0, 1] - matrix[1, 1], matrix[1, 1]
-    slope = mean_dots[0] - mean_dots[1]  # δ·g0
-    candidates = [0.0, 1.0]
-    if A > 1e-12 and radius > 0:
-        r, D = -slope / radius, max(A * C - B * B, 0.0)
-        if r * r < A:
-            u = math.copysign(math.sqrt(r * r * D / (A - r * r)), r)
-            candidates.append(min(max((u - B) / A, 0.0), 1.0))
-
-    def value(a: float) -> float:
-        return a * slope + radius * math.sqrt(max(A * a * a + 2 * B * a + C, 0.0))
-
-    a = min(candidates, key=value)
-    return np.array([a, 1.0 - a])
 
 
 def _combine(weights: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -344,6 +399,12 @@ class GradientAggregation:
         self, losses: dict[str, torch.Tensor], step: int = 0, **ctx: Any
     ) -> tuple[torch.Tensor, dict[str, float]]:
         tasks = tuple(losses)
+        unknown = [task for task in tasks if task not in self.model.heads]
+        if unknown:
+            raise ValueError(
+                f"GradientAggregation got a loss for task(s) {', '.join(map(repr, unknown))}, which the "
+                f"model it was built for has no head for; its heads are: {', '.join(self.model.heads)}"
+            )
         shared = [p for p in self.model.trunk.parameters() if p.requires_grad]
         if self.mode == "representation":
             if self._features is None or not self._features.requires_grad:
@@ -373,7 +434,7 @@ class GradientAggregation:
                 f"the gradient of task(s) {', '.join(bad)} contains nan or inf at step {step}; "
                 f"try a smaller lr, or check those tasks' inputs and targets"
             )
-        gram = (flat @ flat.T).double().cpu()
+        gram = (flat.double() @ flat.double().T).cpu()  # float64, as gram_matrix (which needs T >= 2)
         weights = self._weights(gram) if len(tasks) > 1 else torch.ones(1, dtype=torch.float64)
         self._records.append((step, tasks, _cosines(gram)))
         alpha = weights.to(flat.device, flat.dtype)
@@ -396,71 +457,3 @@ class GradientAggregation:
         if not steps:
             raise ValueError(f"no step had gradients of both {task_a!r} and {task_b!r}")
         return np.array(steps), np.array(values)
-
-
-def aggregator_step_times(
-    model: nn.Module,
-    batch: MultiTaskBatch,
-    loss_fns: Mapping[str, LossFunction],
-    methods: tuple[str, ...] = ("pcgrad", "mgda", "cagrad"),
-    modes: tuple[str, ...] = MODES,
-    num_steps: int = 3,
-    repeats: int = 3,
-    lr: float = 1e-4,
-) -> dict[str, dict[str, float]]:
-    """Seconds per training step of each aggregator and mode, relative to equal weighting.
-
-    Every configuration trains ``model`` with ``training.train`` for ``num_steps`` steps on the same
-    ``batch`` (a ``MultiTaskBatch``; mixed, so that every task has a loss), ``repeats`` times, the
-    configurations taking turns so that a machine that gets busier slows them all alike; one
-    untimed round warms up first. Returns ``{"equal": ..., "pcgrad/parameters": ..., ...}``, each
-    ``{"seconds": median seconds per step, "ratio": seconds / equal's seconds}``.
-    """
-    if num_steps < 1 or repeats < 1:
-        raise ValueError(f"num_steps and repeats must be >= 1, got {num_steps} and {repeats}")
-    configurations: dict[str, tuple[str, str] | None] = {"equal": None}
-    configurations |= {f"{method}/{mode}": (method, mode) for mode in modes for method in methods}
-    times: dict[str, list[float]] = {name: [] for name in configurations}
-    for round_ in range(repeats + 1):
-        for name, configuration in configurations.items():
-            weighting = GradientAggregation(model, *configuration) if configuration else None
-            start = time.perf_counter()
-            train(model, [batch], loss_fns, num_steps=num_steps, lr=lr, weighting=weighting, progress=False)
-            if round_ > 0:
-                times[name].append((time.perf_counter() - start) / num_steps)
-            if weighting is not None:
-                weighting.remove()
-    equal = statistics.median(times["equal"])
-    return {name: {"seconds": statistics.median(t), "ratio": statistics.median(t) / equal} for name, t in times.items()}
-
-
-def text_benchmark_setup(
-    top_layers: int = 2, batch_size: int = 32, max_length: int = 64, seed: int = 0
-) -> tuple[HardSharingModel, MultiTaskBatch, dict[str, LossFunction]]:
-    """The model and batch of ``mtl-tutorial bench``: (model, batch, loss_fns) for ``aggregator_step_times``.
-
-    The shipped MiniLM as trunk with its top ``top_layers`` transformer layers trainable, a linear
-    head per shipped text task, and one mixed batch of ``batch_size`` training texts drawn
-    uniformly over the tasks (tokenised to at most ``max_length`` tokens).
-    """
-    seed_everything(seed)
-    tasks = load_text_tasks(split="train")
-    encoder, tokenizer = load_backbone()
-    heads = {name: nn.Linear(encoder.config.hidden_size, task.num_classes) for name, task in tasks.items()}
-    model = HardSharingModel(TextEncoderTrunk(train_top_layers(encoder, top_layers), tokenizer, max_length), heads)
-    dataset = MultiTaskDataset({name: (task.texts, task.labels) for name, task in tasks.items()})
-    indices = next(iter(MultiTaskBatchSampler(dataset, batch_size, strategy="uniform", mixed=True, seed=seed)))
-    batch = collate_multitask([dataset[i] for i in indices])
-    return model, batch, {name: nn.functional.cross_entropy for name in tasks}
-
-
-def step_time_table(times: Mapping[str, Mapping[str, float]], num_tasks: int) -> str:
-    """The result of ``aggregator_step_times`` as text, one line per configuration, with the targets:
-    at most T + 0.5 times equal weighting per parameter, at most 1.5 times per representation."""
-    targets = {"parameters": num_tasks + 0.5, "representation": 1.5}
-    lines = [f"{'configuration':<24}{'ms/step':>10}{'× equal':>10}{'target':>9}"]
-    for name, entry in times.items():
-        mode = name.split("/")[1] if "/" in name else None
-        target = f"≤ {targets[mode]:.1f}" if mode else ""
-        lines.append(f"{name:<24}{entry['seconds'] * 1000:>10.1f}{entry['ratio']:>10.2f}{target:>9}")
-    return "\n".join(lines)

@@ -24,6 +24,19 @@ LossFn = Callable[[torch.Tensor], torch.Tensor]
 """A vector of task losses: parameters (..., D) -> losses (..., T), broadcasting over leading dims."""
 
 
+def check_scalar_losses(losses: Mapping[str, torch.Tensor]) -> None:
+    """Raise unless ``losses`` maps one or more task names to 0-dim tensors L_t (reduced losses)."""
+    if not losses:
+        raise ValueError("losses is empty; pass one scalar loss per task, e.g. {'sentiment': loss}")
+    for task, loss in losses.items():
+        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(
+                f"loss of task {task!r} must be a 0-dim tensor, got {shape}; reduce it first, e.g. "
+                f"loss.mean() (a loss function with reduction='none' returns one loss per example)"
+            )
+
+
 def weighted_sum(
     losses: Mapping[str, torch.Tensor], weights: Mapping[str, float] | None = None
 ) -> torch.Tensor:
@@ -32,15 +45,7 @@ def weighted_sum(
     losses: task name -> 0-dim tensor L_t; weights: task name -> λ_t (finite, ≥ 0), one per task.
     Returns a 0-dim tensor that autograd can differentiate.
     """
-    if not losses:
-        raise ValueError("losses is empty; pass one scalar loss per task, e.g. {'sentiment': loss}")
-    for task, loss in losses.items():
-        if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
-            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-            raise ValueError(
-                f"loss of task {task!r} must be a 0-dim tensor, got {shape}; "
-                f"reduce it first, e.g. loss.mean()"
-            )
+    check_scalar_losses(losses)
     if weights is None:
         return torch.stack(list(losses.values())).sum()
     tasks = ", ".join(sorted(losses))

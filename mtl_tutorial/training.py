@@ -13,6 +13,9 @@ cleared before the weighting runs, so it may set gradients itself: GradNorm writ
 weights; a gradient aggregator (PCGrad, MGDA, CAGrad: ``aggregation.GradientAggregation``) writes
 every parameter's gradient and sets ``writes_gradients = True``, and the loop then skips
 ``total.backward()``.
+
+Targets are checked per task before the loss (``check_targets``: one per output; class labels in
+range for a classifier's logits), by ``train`` and ``evaluate`` alike.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mtl_tutorial.data.multitask import MultiTaskBatch
+from mtl_tutorial.data.multitask import MultiTaskBatch, check_batch_size, check_task_data
 from mtl_tutorial.models import TaskOutput, select_examples
-from mtl_tutorial.objectives import weighted_sum
+from mtl_tutorial.objectives import check_scalar_losses, weighted_sum
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(outputs (B_t, ...), targets (B_t, ...)) -> 0-dim loss."""
@@ -150,13 +153,85 @@ class _FixedWeights:
 
 def _endless(loader: Iterable[MultiTaskBatch]) -> Iterator[MultiTaskBatch]:
     """Iterate ``loader`` again and again (each pass is a new epoch)."""
+    count = 0
     while True:
         empty = True
         for batch in loader:
-            empty = False
+            empty, count = False, count + 1
             yield batch
+        if empty and count:
+            raise ValueError(
+                f"the loader was exhausted after {count} batches: it yields nothing when iterated again, "
+                f"so train() cannot cycle over it; pass a re-iterable loader (a DataLoader or a list of "
+                f"batches), not a generator"
+            )
         if empty:
             raise ValueError("the loader yielded no batches")
+
+
+def check_device(device: torch.device | str, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device``, when this machine has it; ``name`` says in errors who asked."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{name}={device!r} is not a device; use cpu, cuda, cuda:N or mps") from err
+    hint = "use 'cpu', or mtl_tutorial.runtime.get_device() for the best device this machine has"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{name}={str(device)!r} but torch sees no CUDA GPU; {hint}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RuntimeError(f"{name}={str(device)!r} but only {torch.cuda.device_count()} GPU(s) exist; {hint}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"{name}={str(device)!r} but MPS is not available; {hint}")
+    return device
+
+
+def _is_integer(tensor: torch.Tensor) -> bool:
+    return not (tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool)
+
+
+def check_class_labels(logits: torch.Tensor, labels: torch.Tensor, task: str | None = None) -> None:
+    """Raise unless logits are (N, C) and labels (N,) integer class ids in 0..C-1."""
+    of = f" of task {task!r}" if task else ""
+    if logits.dim() != 2:
+        raise ValueError(
+            f"logits{of} must have shape (N, C), got {tuple(logits.shape)}; a class metric needs one "
+            f"logit per class"
+        )
+    if labels.shape != logits.shape[:1]:
+        squeeze = "; squeeze them: labels.squeeze(1)" if labels.shape == (len(logits), 1) else ""
+        raise ValueError(
+            f"labels{of} must have shape (N,) = ({len(logits)},) for logits of shape {tuple(logits.shape)}, "
+            f"got {tuple(labels.shape)}{squeeze}"
+        )
+    if not _is_integer(labels):
+        raise ValueError(f"labels{of} must be integer class ids, got {labels.dtype}; convert them: labels.long()")
+    num_classes = logits.shape[1]
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if len(outside):
+        top = int(labels.max())
+        per_class = f" ({top + 1} for labels up to {top})" if top >= num_classes else ""
+        raise ValueError(
+            f"label {int(outside[0])}{of} is outside the head's {num_classes} classes (0..{num_classes - 1}); "
+            f"check that the labels belong to this task, or give the head one output per class{per_class}"
+        )
+
+
+def check_targets(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Raise if ``targets`` cannot be the targets of ``outputs`` of task ``task`` (train and evaluate).
+
+    Every task: one target per output, outputs (B, ...) and targets (B, ...). Classification,
+    i.e. outputs (B, C) with C ≥ 2 and integer targets: targets (B,) in 0..C-1 (``check_class_labels``).
+    Regression targets (floats) and single-logit heads (C = 1) are left to the loss function.
+    """
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() == 0:
+        return
+    if len(targets) != len(outputs):
+        raise ValueError(
+            f"task {task!r} has {len(outputs)} outputs but {len(targets)} targets; the model must "
+            f"return one output per example"
+        )
+    if outputs.dim() == 2 and outputs.shape[1] >= 2 and _is_integer(targets):
+        check_class_labels(outputs, targets, task)
 
 
 def _task_outputs(model: nn.Module, batch: MultiTaskBatch) -> dict[str, TaskOutput]:
@@ -194,7 +269,7 @@ def train(
     if eval_every is not None and (eval_fn is None or eval_every < 1):
         raise ValueError("eval_every needs an eval_fn and must be >= 1")
     tasks = tuple(loss_fns)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = check_device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     if weighting is None or isinstance(weighting, Mapping):
         weighting = _FixedWeights(tasks, weighting)
@@ -220,10 +295,12 @@ def train(
                 f"batch holds task(s) {', '.join(sorted(unknown))} with no loss function; "
                 f"loss_fns has: {', '.join(tasks)}"
             )
-        losses = {
-            task: loss_fns[task](out.outputs, batch.targets[out.positions.to(device)])
-            for task, out in _task_outputs(model, batch).items()
-        }
+        losses = {}
+        for task, out in _task_outputs(model, batch).items():
+            targets = batch.targets[out.positions.to(device)]
+            check_targets(task, out.outputs, targets)
+            losses[task] = loss_fns[task](out.outputs, targets)
+        check_scalar_losses(losses)
         values = {task: float(loss.detach()) for task, loss in losses.items()}
         bad = [task for task, value in values.items() if not math.isfinite(value)]
         if bad:
@@ -256,34 +333,55 @@ def evaluate(
 
     data: task -> (inputs, targets), inputs a tensor (N, ...) or a list of N texts; metrics: name ->
     fn(outputs (N, ...), targets (N, ...)) -> 0-dim tensor, applied to every task. Runs in eval mode
-    without gradients, ``batch_size`` examples at a time, on the model's device.
+    without gradients, ``batch_size`` examples at a time, on the model's device. The targets are
+    checked as in training (``check_targets``); nan or inf outputs raise ``FloatingPointError``.
     """
-    device = next(model.parameters()).device
+    check_batch_size(batch_size)
+    for task, pair in data.items():
+        check_task_data(task, pair)
     was_training = model.training
     model.eval()
+    try:
+        with torch.no_grad():
+            outputs = {task: _predict(model, task, inputs, batch_size) for task, (inputs, _) in data.items()}
+    finally:
+        model.train(was_training)
     results = {}
-    with torch.no_grad():
-        for task, (inputs, targets) in data.items():
-            inputs = inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
-            chunks = []
-            for start in range(0, len(targets), batch_size):
-                positions = torch.arange(start, min(start + batch_size, len(targets)))
-                chunks.append(model(select_examples(inputs, positions), task).cpu())
-            outputs = torch.cat(chunks)
-            for name, metric in metrics.items():
-                results[f"{task}/{name}"] = float(metric(outputs, torch.as_tensor(targets)))
-    model.train(was_training)
+    for task, (_, targets) in data.items():
+        targets = torch.as_tensor(targets)
+        check_targets(task, outputs[task], targets)
+        non_finite = int((~torch.isfinite(outputs[task])).reshape(len(targets), -1).any(dim=1).sum())
+        if non_finite:
+            raise FloatingPointError(
+                f"the model's outputs of task {task!r} are nan or inf for {non_finite} of {len(targets)} "
+                f"examples; check the inputs for nan/inf and that training did not diverge"
+            )
+        for name, metric in metrics.items():
+            results[f"{task}/{name}"] = float(metric(outputs[task], targets))
     return results
 
 
+def _predict(model: nn.Module, task: str, inputs: Any, batch_size: int) -> torch.Tensor:
+    """The model's outputs (N, ...) for N inputs of one task, ``batch_size`` at a time, on the CPU."""
+    device = next(model.parameters()).device
+    inputs = inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
+    chunks = []
+    for start in range(0, len(inputs), batch_size):
+        positions = torch.arange(start, min(start + batch_size, len(inputs)))
+        chunks.append(model(select_examples(inputs, positions), task).cpu())
+    return torch.cat(chunks)
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction of examples whose arg-max class is the label. logits: (N, C); labels: (N,)."""
+    """Fraction of examples whose arg-max class is the label. logits: (N, C); labels: (N,) in 0..C-1."""
+    check_class_labels(logits, labels)
     return (logits.argmax(dim=-1) == labels).float().mean()
 
 
 def macro_f1(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Unweighted mean over classes of F1 = 2·TP / (2·TP + FP + FN), over the classes that occur
-    in the labels or the predictions. logits: (N, C); labels: (N,)."""
+    in the labels or the predictions. logits: (N, C); labels: (N,) in 0..C-1."""
+    check_class_labels(logits, labels)
     predictions = logits.argmax(dim=-1)
     classes = torch.unique(torch.cat([labels, predictions]))
     scores = []

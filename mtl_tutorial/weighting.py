@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from mtl_tutorial.objectives import weighted_sum
+from mtl_tutorial.objectives import check_scalar_losses, weighted_sum
 
 
 class LossWeighting(nn.Module):
@@ -46,8 +46,7 @@ class LossWeighting(nn.Module):
         self.tasks = tuple(tasks)
 
     def _check(self, losses: Mapping[str, torch.Tensor]) -> None:
-        if not losses:
-            raise ValueError("losses is empty; pass one scalar loss per task present in the batch")
+        check_scalar_losses(losses)
         unknown = [task for task in losses if task not in self.tasks]
         if unknown:
             raise ValueError(f"unknown task(s) {', '.join(map(repr, unknown))}; tasks are: {', '.join(self.tasks)}")
@@ -80,9 +79,9 @@ class UncertaintyWeighting(LossWeighting):
 
         L = Σ_t e^(-s_t) L_t / 2 + s_t / 2,    λ_t = e^(-s_t) / 2.
 
-    Each s_t is learned with the model, starting at 0 (λ_t = 1/2). For fixed L_t the minimum over
-    s_t is at e^(s_t) = L_t, i.e. σ_t² = L_t: a task with a large loss gets a small weight, and the
-    s_t / 2 term keeps the weights from collapsing to 0.
+    Each s_t is learned with the model, starting at 0 (λ_t = 1/2; LibMTL starts at s_t = -0.5,
+    λ_t ≈ 0.82). For fixed L_t the minimum over s_t is at e^(s_t) = L_t, i.e. σ_t² = L_t: a task
+    with a large loss gets a small weight, and the s_t / 2 term keeps the weights from collapsing to 0.
     """
 
     def __init__(self, tasks: Sequence[str], lr: float | None = None) -> None:
@@ -100,11 +99,12 @@ class UncertaintyWeighting(LossWeighting):
         return total, weights
 
 
-def last_shared_weight(model: nn.Module) -> nn.Parameter:
-    """The weight matrix of the last ``nn.Linear`` in ``model.trunk`` that trains: GradNorm's W.
+def last_shared_weight(model: nn.Module, losses: Mapping[str, torch.Tensor]) -> nn.Parameter:
+    """GradNorm's W: the weight of the last trainable ``nn.Linear`` of ``model.trunk`` that the task
+    losses reach (a non-zero gradient of Σ_t L_t).
 
-    For an MLP trunk, its output layer; for a BERT trunk with trainable top layers, the output
-    projection of the top transformer layer.
+    For an MLP trunk, its output layer; for a BERT trunk with mean pooling, the output projection of
+    the top transformer layer, not BERT's pooler, which is registered later but never used.
     """
     trunk = getattr(model, "trunk", None)
     if not isinstance(trunk, nn.Module):
@@ -112,19 +112,29 @@ def last_shared_weight(model: nn.Module) -> nn.Parameter:
             f"cannot find the shared layer of a {type(model).__name__}: it has no .trunk; "
             f"pass GradNorm(tasks, shared_parameters=[...]) with the shared weights to use"
         )
-    linears = [m for m in trunk.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad]
+    linears = [m.weight for m in trunk.modules() if isinstance(m, nn.Linear) and m.weight.requires_grad]
     if not linears:
         raise ValueError("the trunk has no trainable nn.Linear layer; pass GradNorm(tasks, shared_parameters=[...])")
-    return linears[-1].weight
+    total = sum(losses.values())
+    grads = torch.autograd.grad(total, linears, retain_graph=True, allow_unused=True)
+    reached = [w for w, g in zip(linears, grads) if g is not None and bool(g.abs().max() > 0)]
+    if not reached:
+        raise ValueError(
+            "the task losses reach none of the trunk's trainable nn.Linear layers (every gradient is "
+            "zero); check that the heads use the trunk's output, or pass GradNorm(tasks, shared_parameters=[...])"
+        )
+    return reached[-1]
 
 
 class GradNorm(LossWeighting):
     """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich 2018): weights that balance training rates.
 
-    λ = T · softmax(θ), so the weights stay positive and sum to T. Each step, with W the shared
-    weights (default: ``last_shared_weight(model)``, the shared layer closest to the heads, as in
-    the paper: its gradients are cheap to get, one short backward pass per task, and they still
-    measure how hard each task pulls on the shared representation):
+    λ = T · softmax(θ), so the weights stay positive and sum to T (as LibMTL; the paper instead takes
+    a gradient step on the λ_t themselves and renormalises them to sum to T). Each step, with W the
+    shared weights (default: ``last_shared_weight``, chosen at the first step: the last shared layer
+    that the losses reach, closest to the heads, as in the paper: its gradients are cheap to get,
+    one short backward pass per task, and they still measure how hard each task pulls on the
+    shared representation):
 
         G_t = ‖∇_W λ_t L_t‖,   Ḡ = mean_t G_t,   r_t = (L_t / L_t(0)) / mean_s (L_s / L_s(0)),
         L_grad = Σ_t |G_t - Ḡ r_t^α|    (Ḡ r_t^α held constant).
@@ -133,7 +143,8 @@ class GradNorm(LossWeighting):
     training loop's optimizer then applies); the model is trained on Σ_t λ_t L_t with λ held
     constant. A task whose loss fell less than the others (r_t > 1, the slower task) gets a larger
     target norm, so its weight grows. α: how strongly (0 pulls all norms to be equal).
-    L_t(0) is the first loss seen for task t.
+    L_t(0) is the first loss seen for task t; it must be > 0. A step where every G_t is 0 (W not
+    reached by any loss) raises: the weights could not move.
     """
 
     def __init__(
@@ -162,9 +173,15 @@ class GradNorm(LossWeighting):
         if self.shared_parameters is None:
             if model is None:
                 raise ValueError("GradNorm needs the model (train() passes it) or shared_parameters=[...]")
-            self.shared_parameters = [last_shared_weight(model)]
+            self.shared_parameters = [last_shared_weight(model, losses)]
         for task, loss in losses.items():
-            self.initial_losses.setdefault(task, float(loss.detach()))
+            first = self.initial_losses.setdefault(task, float(loss.detach()))
+            if not first > 0:
+                raise ValueError(
+                    f"GradNorm needs positive losses: the first loss of task {task!r} is {first!r}, so its "
+                    f"training rate L_t / L_t(0) is undefined; use a loss that is > 0 until the task is "
+                    f"learned (cross-entropy, MSE), or another weighting for this task"
+                )
         positions = [self.tasks.index(task) for task in losses]
         weights = self.task_weights()[positions]  # (T_present,), depends on θ
         norms = []
@@ -173,6 +190,12 @@ class GradNorm(LossWeighting):
             used = [g.flatten() for g in grads if g is not None]
             norms.append(torch.cat(used).norm() if used else weights.new_zeros(()))
         grad_norms = weights * torch.stack(norms)  # G_t
+        if not bool(grad_norms.detach().abs().max() > 0):
+            raise ValueError(
+                "every task's gradient norm at GradNorm's shared weights W is 0, so the task weights "
+                "cannot move; pass GradNorm(tasks, shared_parameters=[...]) with shared weights that the "
+                "task losses reach (e.g. the trunk's last layer before the heads)"
+            )
         ratios = torch.tensor(
             [float(loss.detach()) / self.initial_losses[task] for task, loss in losses.items()],
             device=grad_norms.device,

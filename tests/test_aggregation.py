@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from scipy.optimize import minimize
+
 from mtl_tutorial.aggregation import (
     AGGREGATORS,
     GradientAggregation,
-    aggregator_step_times,
     cagrad,
     cagrad_weights,
     equal_weighting,
@@ -21,6 +22,7 @@ from mtl_tutorial.aggregation import (
     pcgrad,
     pcgrad_weights,
 )
+from mtl_tutorial.bench import aggregator_step_times
 from mtl_tutorial.data import MultiTaskDataset, collate_multitask, multitask_loader
 from mtl_tutorial.models import HardSharingModel
 from mtl_tutorial.training import train
@@ -120,6 +122,85 @@ def test_mgda_edge_cases():
     torch.testing.assert_close(mgda(same)[1], torch.tensor([0.5, 0.5]))
     longer = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # the shorter gradient is the min-norm point
     torch.testing.assert_close(mgda(longer)[1], torch.tensor([1.0, 0.0]))
+
+
+def hard_gradients(num_tasks, kind, seed):
+    """(T, P) float64 gradients of the kinds that defeat iterative solvers."""
+    generator = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float64)  # noqa: E731
+    if kind == "ill-conditioned":  # row norms spread over four orders of magnitude
+        return randn(num_tasks, 12) * torch.logspace(-2, 2, num_tasks, dtype=torch.float64)[:, None]
+    if kind == "rank-deficient":  # T gradients in a 2-dimensional subspace
+        return randn(num_tasks, 2) @ randn(2, 12)
+    # nearly Pareto-stationary: the last gradient almost cancels the mean of the others
+    others = randn(num_tasks - 1, 6)
+    return torch.cat([others, -others.sum(0, keepdim=True) + 1e-6 * randn(1, 6)])
+
+
+def slsqp_minimum(objective, num_tasks, starts=4):
+    """The independent solver: scipy's SLSQP over the simplex from the centre and random starts."""
+    rng = np.random.default_rng(0)
+    best = np.inf
+    for k in range(starts):
+        start = np.full(num_tasks, 1 / num_tasks) if k == 0 else rng.dirichlet(np.ones(num_tasks))
+        result = minimize(objective, start, method="SLSQP", bounds=[(0, 1)] * num_tasks,
+                          constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+                          options={"ftol": 1e-15, "maxiter": 500})
+        best = min(best, result.fun)
+    return best
+
+
+KINDS = ["ill-conditioned", "rank-deficient", "nearly Pareto-stationary"]
+
+
+@pytest.mark.parametrize("num_tasks", range(3, 9))
+@pytest.mark.parametrize("kind", KINDS)
+def test_mgda_is_the_exact_min_norm_point(num_tasks, kind):
+    for seed in range(2):
+        gram = gram_matrix(hard_gradients(num_tasks, kind, seed))
+        matrix = (gram / gram.diagonal().mean()).numpy()  # the rescaled Gram matrix: mean diagonal 1
+        w = mgda_weights(gram).numpy()
+        assert w.min() >= 0 and w.sum() == pytest.approx(1.0, abs=1e-12)
+        frank_wolfe_gap = 2 * (w @ matrix @ w - (matrix @ w).min())
+        assert frank_wolfe_gap <= 1e-10, f"gap {frank_wolfe_gap:.2e} for T = {num_tasks}, seed {seed}"
+        assert w @ matrix @ w <= slsqp_minimum(lambda v: v @ matrix @ v, num_tasks) + 1e-10
+        if num_tasks <= 6:  # and the exact optimum over every support set
+            exact = reference_min_norm(matrix)
+            assert w @ matrix @ w == pytest.approx(exact @ matrix @ exact, abs=1e-12)
+
+
+@pytest.mark.parametrize("num_tasks", range(2, 9))
+@pytest.mark.parametrize("kind", KINDS)
+def test_cagrad_solves_its_inner_problem_exactly(num_tasks, kind):
+    grads = hard_gradients(max(num_tasks, 3), kind, seed=num_tasks)[:num_tasks]
+    gram = gram_matrix(grads)
+    matrix = (gram / gram.diagonal().mean()).numpy()
+    mean_dots = matrix.mean(axis=1)
+    for c in (0.2, 0.5, 0.9):
+        radius = c * np.sqrt(matrix.mean())
+        alpha = cagrad_weights(gram, c).numpy()
+        w = (alpha - 1 / num_tasks) / (alpha - 1 / num_tasks).sum()  # α = 1/T + radius w / ‖g_w‖
+        objective = lambda v: v @ mean_dots + radius * np.sqrt(max(v @ matrix @ v, 0.0))  # noqa: E731
+        gradient = mean_dots + radius * matrix @ w / np.sqrt(w @ matrix @ w)
+        assert objective(w) - gradient.min() <= 1e-10  # Frank-Wolfe gap: F is convex
+        assert objective(w) <= slsqp_minimum(objective, num_tasks) + 1e-10
+        d = alpha @ grads.numpy()
+        g0 = grads.mean(0).numpy()
+        scale = float(grads.norm(dim=1).max())  # d - g0 cancels when g0 is tiny
+        assert np.linalg.norm(d - g0) == pytest.approx(c * np.linalg.norm(g0), rel=1e-9, abs=1e-9 * scale)
+
+
+@pytest.mark.parametrize("weights_of", [pcgrad_weights, mgda_weights, cagrad_weights])
+def test_a_matrix_that_is_not_a_gram_matrix_is_rejected(weights_of):
+    with pytest.raises(ValueError, match="gram is not symmetric"):
+        weights_of(torch.tensor([[1.0, 0.9], [-0.9, 1.0]]))
+    with pytest.raises(ValueError, match="negative eigenvalue"):
+        weights_of(torch.tensor([[1.0, 2.0], [2.0, 1.0]]))
+    with pytest.raises(TypeError, match="build it with gram_matrix"):
+        weights_of([[1.0, 0.0], [0.0, 1.0]])
+    # a Gram matrix computed in float32 is symmetric and PSD only up to rounding: accepted
+    grads = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
+    weights_of(grads @ grads.T)
 
 
 def test_cagrad_properties():
@@ -272,6 +353,10 @@ def test_gradient_aggregation_errors():
         aggregation(losses, step=1)
     with pytest.raises(ValueError, match="no step had gradients of both 'a' and 'b'"):
         aggregation.cosine_curve("a", "b")
+    losses = task_losses(model, batch, loss_fns)
+    losses["c"] = losses["a"]
+    with pytest.raises(ValueError, match=r"loss for task\(s\) 'c', which the model .* heads are: a, b"):
+        GradientAggregation(model, "pcgrad")(losses, step=1)
 
 
 def test_step_times_are_reported_relative_to_equal_weighting():

@@ -1,9 +1,9 @@
-"""The LoRA step-time benchmark runs and reports both timings (the ratio is measured, not asserted)."""
+"""The benchmarks run and report their timings (ratios are measured, not asserted)."""
 
 import pytest
 from transformers import BertConfig, BertModel
 
-from mtl_tutorial.bench import forward_latency, lora_step_time, main
+from mtl_tutorial.bench import forward_latency, lora_step_time, main, solver_time_table, solver_times
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,27 @@ def test_forward_latency_is_positive_and_restores_the_mode(tiny_bert):
 
 def test_main_aggregators_prints_the_table(monkeypatch, capsys):
     times = {"equal": {"seconds": 0.1, "ratio": 1.0}, "pcgrad/parameters": {"seconds": 0.25, "ratio": 2.5}}
-    monkeypatch.setattr("mtl_tutorial.aggregation.text_benchmark_setup",
+    monkeypatch.setattr("mtl_tutorial.bench.text_benchmark_setup",
                         lambda **kwargs: (None, None, {"a": None, "b": None}))
-    monkeypatch.setattr("mtl_tutorial.aggregation.aggregator_step_times", lambda *args, **kwargs: times)
+    monkeypatch.setattr("mtl_tutorial.bench.aggregator_step_times", lambda *args, **kwargs: times)
     assert main(["aggregators", "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "2 tasks" in out and "pcgrad/parameters" in out and "2.50" in out
+
+
+def test_solver_times_cover_each_solver_and_task_count_beside_a_training_pass():
+    times = solver_times(num_tasks=(2, 3), calls=2)
+    assert set(times) == {"pcgrad", "mgda", "cagrad", "forward_backward"}
+    assert all(list(times[name]) == [2, 3] and min(times[name].values()) > 0 for name in ("pcgrad", "mgda", "cagrad"))
+    assert times["forward_backward"] > 0
+    table = solver_time_table(times)
+    assert "T = 2" in table and "T = 3" in table and "forward + backward" in table
+    assert f"{times['mgda'][3] * 1e6:.1f}" in table
+
+
+def test_main_solvers_prints_the_table(monkeypatch, capsys):
+    times = {"pcgrad": {2: 1e-5}, "mgda": {2: 2e-5}, "cagrad": {2: 3e-5}, "forward_backward": 1e-3}
+    monkeypatch.setattr("mtl_tutorial.bench.solver_times", lambda: times)
+    assert main(["solvers"]) == 0
+    out = capsys.readouterr().out
+    assert "mgda" in out and "20.0" in out and "1000.0 µs" in out

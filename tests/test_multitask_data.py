@@ -39,10 +39,12 @@ def test_dataset_length_items_and_index_map():
 def test_dataset_validates_tasks():
     with pytest.raises(ValueError, match="task 'a' has 3 inputs but 2 targets"):
         MultiTaskDataset({"a": (torch.zeros(3), torch.zeros(2))})
-    with pytest.raises(ValueError, match="no examples"):
-        MultiTaskDataset({"a": ([], [])})
+    with pytest.raises(ValueError, match="task 'b' has no examples"):
+        MultiTaskDataset({"a": ([1], [0]), "b": ([], [])})
     with pytest.raises(ValueError, match="tasks is empty"):
         MultiTaskDataset({})
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        MultiTaskBatchSampler(make_dataset(), batch_size=0)
 
 
 @pytest.mark.parametrize("strategy", ["proportional", "uniform", "temperature"])
@@ -77,6 +79,28 @@ def test_task_probabilities_formulas():
         task_probabilities(sizes, "random")
     with pytest.raises(ValueError, match="temperature must be finite and > 0"):
         task_probabilities(sizes, "temperature", temperature=0.0)
+
+
+def test_temperature_one_is_proportional_and_a_small_temperature_picks_the_largest_task():
+    sizes = {"sentiment": 592, "pos": 2200, "small": 11}
+    proportional = task_probabilities(sizes, "proportional")
+    assert task_probabilities(sizes, "temperature", temperature=1.0) == proportional
+    assert proportional == pytest.approx({task: size / 2803 for task, size in sizes.items()}, rel=1e-12)
+    # τ = 0.01: 2200^100 overflows a float; in log space p ∝ (N_t / N_max)^100, one-hot up to 1e-57
+    cold = task_probabilities(sizes, "temperature", temperature=0.01)
+    assert cold["pos"] == 1.0 and cold["sentiment"] == pytest.approx((592 / 2200) ** 100, rel=1e-9)
+    tied = task_probabilities({"a": 2200, "b": 2200, "c": 592}, "temperature", temperature=0.01)
+    assert tied["a"] == tied["b"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("temperature", [0.01, 0.001])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_a_small_temperature_trains_the_largest_remaining_task_first(temperature, mixed):
+    dataset = make_dataset()  # 230, 70 and 11 examples; at τ = 0.001 (70/230)^1000 underflows to 0
+    batches = list(MultiTaskBatchSampler(dataset, 8, strategy="temperature", temperature=temperature, mixed=mixed))
+    tasks = [dataset.locate(index)[0] for batch in batches for index in batch]
+    assert tasks == ["big"] * 230 + ["mid"] * 70 + ["small"] * 11
+    assert sorted(index for batch in batches for index in batch) == list(range(len(dataset)))
 
 
 @pytest.mark.parametrize("strategy", ["proportional", "uniform", "temperature"])

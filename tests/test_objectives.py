@@ -7,6 +7,7 @@ import torch
 
 from mtl_tutorial.objectives import (
     SharedLinearRegression,
+    check_scalar_losses,
     TwoQuadratics,
     fonseca_fleming,
     pareto_front,
@@ -44,10 +45,18 @@ def test_weighted_sum_rejects_bad_weights(weights, message):
 
 
 def test_weighted_sum_rejects_unreduced_losses():
-    with pytest.raises(ValueError, match=r"loss of task 'a' must be a 0-dim tensor, got \(3,\)"):
+    with pytest.raises(ValueError, match=r"loss of task 'a' must be a 0-dim tensor, got \(3,\); reduce it first"):
         weighted_sum({"a": torch.ones(3)})
     with pytest.raises(ValueError, match="losses is empty"):
         weighted_sum({})
+
+
+def test_check_scalar_losses_accepts_0_dim_tensors_only():
+    check_scalar_losses({"a": torch.tensor(1.0), "b": torch.tensor(2.0)})
+    with pytest.raises(ValueError, match=r"loss of task 'b' must be a 0-dim tensor, got \(1,\).*reduction='none'"):
+        check_scalar_losses({"a": torch.tensor(1.0), "b": torch.ones(1)})  # one example, unreduced
+    with pytest.raises(ValueError, match="loss of task 'a' must be a 0-dim tensor, got float"):
+        check_scalar_losses({"a": 1.0})
 
 
 def test_pareto_front_on_known_points():

@@ -13,6 +13,8 @@ from mtl_tutorial.training import (
     History,
     NonFiniteLossError,
     accuracy,
+    check_device,
+    check_targets,
     evaluate,
     macro_f1,
     mean_squared_error,
@@ -187,3 +189,143 @@ def test_a_weighting_that_writes_gradients_is_not_back_propagated():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert len(history.steps) == 3 and not any(p.grad is None for p in model.parameters())
 
+
+
+def classification_setup(labels, batch_size=8):
+    """A 3-class task 'sentiment' on random inputs with the given (N, ...) labels."""
+    torch.manual_seed(0)
+    x = torch.randn(len(labels), 3)
+    model = HardSharingModel(nn.Linear(3, 4), {"sentiment": nn.Linear(4, 3)})
+    loader = multitask_loader(MultiTaskDataset({"sentiment": (x, labels)}), batch_size=batch_size, seed=0)
+    return model, loader, x
+
+
+def test_training_with_a_label_outside_the_head_names_task_value_and_head_size():
+    labels = torch.tensor([0, 1, 2, 7, 1, 0, 2, 1])
+    model, loader, _ = classification_setup(labels)
+    with pytest.raises(ValueError, match=r"label 7 of task 'sentiment' is outside the head's 3 classes \(0..2\)"):
+        train(model, loader, {"sentiment": nn.functional.cross_entropy}, num_steps=1, progress=False)
+
+
+def test_training_with_labels_of_shape_b_1_says_to_squeeze_them():
+    model, loader, _ = classification_setup(torch.tensor([0, 1, 2, 1, 0, 2, 1, 0])[:, None])
+    with pytest.raises(ValueError, match=r"labels of task 'sentiment' must have shape \(N,\) = \(8,\).*"
+                                         r"got \(8, 1\); squeeze them: labels.squeeze\(1\)"):
+        train(model, loader, {"sentiment": nn.functional.cross_entropy}, num_steps=1, progress=False)
+
+
+def test_an_unreduced_loss_names_the_task_and_says_to_reduce_it():
+    model, loader, _ = classification_setup(torch.tensor([0, 1, 2, 1, 0, 2, 1, 0]))
+    per_example = lambda outputs, targets: nn.functional.cross_entropy(outputs, targets, reduction="none")  # noqa: E731
+    with pytest.raises(ValueError, match=r"loss of task 'sentiment' must be a 0-dim tensor, got \(8,\); "
+                                         r"reduce it first, e.g. loss.mean\(\) \(a loss function with reduction='none'"):
+        train(model, loader, {"sentiment": per_example}, num_steps=1, progress=False)
+
+
+def test_a_single_logit_head_with_integer_labels_is_not_checked_as_classes():
+    # one logit per example and 0/1 labels: binary cross-entropy, not a 1-class softmax
+    model = HardSharingModel(nn.Linear(3, 4), {"spam": nn.Linear(4, 1)})
+    x, labels = torch.randn(8, 3), torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    loader = multitask_loader(MultiTaskDataset({"spam": (x, labels)}), batch_size=4, seed=0)
+    bce = lambda logits, y: nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), y.float())  # noqa: E731
+    history = train(model, loader, {"spam": bce}, num_steps=2, progress=False)
+    assert len(history.steps) == 2 and all(math.isfinite(v) for v in history.losses["spam"])
+
+
+def test_a_one_shot_generator_says_the_loader_was_exhausted_after_n_batches():
+    model, loader, loss_fns, _ = regression_setup()
+    batches = list(loader)[:5]
+    assert len(train(model, (b for b in batches), loss_fns, num_steps=5, progress=False).steps) == 5
+    with pytest.raises(ValueError, match="the loader was exhausted after 5 batches.*not a generator"):
+        train(model, (b for b in batches), loss_fns, num_steps=6, progress=False)
+    assert len(train(model, batches, loss_fns, num_steps=12, progress=False).steps) == 12  # a list cycles
+    with pytest.raises(ValueError, match="the loader yielded no batches"):
+        train(model, [], loss_fns, num_steps=1, progress=False)
+
+
+def test_a_device_this_machine_lacks_is_a_clear_error(monkeypatch):
+    model, loader, loss_fns, _ = regression_setup()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="device='cuda' but torch sees no CUDA GPU; use 'cpu'"):
+        train(model, loader, loss_fns, num_steps=1, device="cuda", progress=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match="device='cuda:1' but only 1 GPU\\(s\\) exist"):
+        check_device("cuda:1")
+    with pytest.raises(ValueError, match="device='gpu' is not a device; use cpu, cuda, cuda:N or mps"):
+        check_device("gpu")
+    assert check_device("cpu") == torch.device("cpu")
+
+
+def test_evaluate_rejects_labels_outside_the_heads_classes():
+    labels = torch.arange(8) % 7  # 7 classes for a 3-class head: accuracy would silently count them wrong
+    model, _, x = classification_setup(labels)
+    with pytest.raises(ValueError, match=r"label 3 of task 'sentiment' is outside the head's 3 classes \(0..2\).*"
+                                         r"one output per class \(7 for labels up to 6\)"):
+        evaluate(model, {"sentiment": (x, labels)}, {"accuracy": accuracy})
+
+
+def test_evaluate_raises_on_nan_outputs_naming_the_task():
+    labels = torch.tensor([0, 1, 2, 1, 0, 2, 1, 0])
+    model, _, x = classification_setup(labels)
+    x[:3] = math.nan
+    model.train()
+    with pytest.raises(FloatingPointError, match="outputs of task 'sentiment' are nan or inf for 3 of 8 examples"):
+        evaluate(model, {"sentiment": (x, labels)}, {"accuracy": accuracy}, batch_size=4)
+    assert model.training  # evaluate gives the model back in the mode it came in
+
+
+@pytest.mark.parametrize(
+    ("data", "batch_size", "message"),
+    [
+        ((torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), 256, "task 'sentiment' has no examples"),
+        ((torch.zeros(5, 3), torch.zeros(4, dtype=torch.long)), 256, "task 'sentiment' has 5 inputs but 4 targets"),
+        ((torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)), 0, "batch_size must be a positive int, got 0"),
+    ],
+)
+def test_evaluate_rejects_empty_or_mismatched_data_and_a_zero_batch_size(data, batch_size, message):
+    model, _, _ = classification_setup(torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=message):
+        evaluate(model, {"sentiment": data}, {"accuracy": accuracy}, batch_size=batch_size)
+
+
+def test_evaluate_on_an_unknown_task_lists_the_tasks():
+    model, _, x = classification_setup(torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="unknown task 'sentimnet'; tasks are: sentiment"):
+        evaluate(model, {"sentimnet": (x, torch.zeros(8, dtype=torch.long))}, {"accuracy": accuracy})
+
+
+def test_evaluate_scores_a_classifier():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [3.0, 1.0, 0.0], [0.0, 0.0, 5.0]])
+
+    class Fixed(nn.Module):  # returns the logits of the examples asked for
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, positions, task):
+            return self.scale * logits[positions]
+
+    result = evaluate(Fixed(), {"t": (torch.arange(4), torch.tensor([0, 0, 0, 2]))}, {"accuracy": accuracy}, batch_size=3)
+    assert result == {"t/accuracy": 0.75}
+
+
+@pytest.mark.parametrize("metric", [accuracy, macro_f1])
+def test_class_metrics_check_shapes_dtypes_and_range(metric):
+    logits, labels = torch.eye(3)[[0, 1, 2, 1]], torch.tensor([0, 1, 2, 1])
+    assert metric(logits, labels).item() == 1.0  # perfect predictions
+    with pytest.raises(ValueError, match=r"labels must have shape \(N,\) = \(4,\).*got \(4, 1\); squeeze them"):
+        metric(logits, labels[:, None])  # (N, 1) would broadcast against (N,) to (N, N)
+    with pytest.raises(ValueError, match=r"logits must have shape \(N, C\), got \(4,\)"):
+        metric(logits[:, 0], labels)
+    with pytest.raises(ValueError, match="labels must be integer class ids, got torch.float32"):
+        metric(logits, labels.float())
+    with pytest.raises(ValueError, match=r"label -1 is outside the head's 3 classes \(0..2\)"):
+        metric(logits, torch.tensor([0, 1, -1, 1]))
+
+
+def test_check_targets_counts_examples_and_leaves_regression_targets_to_the_loss():
+    with pytest.raises(ValueError, match="task 'a' has 3 outputs but 2 targets"):
+        check_targets("a", torch.zeros(3), torch.zeros(2))
+    check_targets("a", torch.zeros(3, 2), torch.full((3, 2), 9.0))  # float targets: no class check
+    check_targets("a", torch.zeros(3, 1), torch.tensor([0, 1, 5]))  # single logit: no class check

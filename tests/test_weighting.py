@@ -7,6 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from transformers import BertConfig, BertModel
+
+from mtl_tutorial.backbone import mean_pool
 from mtl_tutorial.data import MultiTaskDataset, multitask_loader
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.training import train
@@ -47,7 +50,10 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="needs the 1-based step"):
         DynamicWeightAverage(["a", "b"])(LOSSES)
     with pytest.raises(TypeError, match="it has no .trunk"):
-        last_shared_weight(nn.Linear(2, 2))
+        last_shared_weight(nn.Linear(2, 2), LOSSES)
+    for strategy in (EqualWeighting(["a", "b"]), UncertaintyWeighting(["a", "b"]), GradNorm(["a", "b"])):
+        with pytest.raises(ValueError, match=r"loss of task 'a' must be a 0-dim tensor, got \(8,\); reduce it"):
+            strategy({"a": torch.ones(8), "b": torch.tensor(1.0)}, model=nn.Linear(1, 1))
 
 
 def test_uncertainty_weighting_values_and_its_optimum_is_sigma_squared_equal_to_the_loss():
@@ -84,6 +90,58 @@ def test_gradnorm_moves_weight_to_the_slower_task():
         gradnorm.logits -= 0.1 * gradnorm.logits.grad  # a gradient step on θ
     weights = gradnorm.task_weights()
     assert weights[1] > 1.0 > weights[0] and weights.sum().item() == pytest.approx(2.0)
+
+
+class MeanPooledBert(nn.Module):
+    """A tiny BERT trunk used as it comes (every parameter trainable): mean pooling, so its pooler,
+    the last registered Linear, is never used."""
+
+    def __init__(self):
+        super().__init__()
+        config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=32, max_position_embeddings=16)
+        self.bert = BertModel(config)
+
+    def forward(self, input_ids):
+        mask = torch.ones_like(input_ids)
+        return mean_pool(self.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state, mask)
+
+
+def bert_gradnorm_setup():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (32, 6))
+    data = {"a": (ids, ids[:, 0] % 2), "b": (ids, (ids[:, 1] > 25).long())}
+    loader = multitask_loader(MultiTaskDataset(data), batch_size=16, strategy="uniform", mixed=True, seed=0)
+    model = HardSharingModel(MeanPooledBert(), {"a": nn.Linear(16, 2), "b": nn.Linear(16, 2)})
+    return model, loader, {"a": nn.functional.cross_entropy, "b": nn.functional.cross_entropy}
+
+
+def test_gradnorm_on_a_fresh_bert_trunk_uses_the_top_layer_not_the_unused_pooler():
+    model, loader, loss_fns = bert_gradnorm_setup()
+    gradnorm = GradNorm(["a", "b"], lr=0.05)
+    history = train(model, loader, loss_fns, num_steps=6, lr=1e-3, weighting=gradnorm, progress=False)
+    assert gradnorm.shared_parameters[0] is model.trunk.bert.encoder.layer[-1].output.dense.weight
+    weights = np.array([history.task_weights["a"], history.task_weights["b"]])
+    assert not np.allclose(weights[:, -1], weights[:, 0])  # the weights moved
+    assert np.allclose(weights.sum(0), 2.0)
+
+
+def test_gradnorm_says_when_its_shared_weights_get_no_gradient():
+    model, loader, loss_fns = bert_gradnorm_setup()
+    unused = GradNorm(["a", "b"], shared_parameters=[model.trunk.bert.pooler.dense.weight])
+    with pytest.raises(ValueError, match="every task's gradient norm at GradNorm's shared weights W is 0"):
+        train(model, loader, loss_fns, num_steps=1, weighting=unused, progress=False)
+    model = HardSharingModel(nn.Linear(2, 2), {"a": nn.Linear(2, 1)})
+    loss = model.heads["a"](torch.ones(3, 2)).pow(2).mean()  # the head alone: the trunk is not in the graph
+    with pytest.raises(ValueError, match="the task losses reach none of the trunk's trainable nn.Linear layers"):
+        last_shared_weight(model, {"a": loss})
+
+
+def test_gradnorm_rejects_a_first_loss_of_zero():
+    shared = nn.Parameter(torch.ones(2))
+    gradnorm = GradNorm(["a", "b"], shared_parameters=[shared])
+    with pytest.raises(ValueError, match="the first loss of task 'b' is 0.0, so its training rate L_t / L_t\\(0\\)"):
+        gradnorm(linear_losses(shared, 1.0, 0.0))
 
 
 def test_dwa_weights_follow_the_loss_ratios_and_sum_to_t():

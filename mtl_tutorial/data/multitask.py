@@ -8,10 +8,12 @@ examples left in the epoch, the task of the next batch is drawn with probability
 
     proportional:  p_t = N_t / Σ_s N_s
     uniform:       p_t = 1 / T            (round robin: tasks take turns)
-    temperature:   p_t ∝ N_t^(1/τ)        (τ = 1 is proportional, τ → ∞ is uniform)
+    temperature:   p_t ∝ N_t^(1/τ)        (τ = 1 is proportional, τ → ∞ is uniform, τ → 0 the largest task)
 
-and a task whose examples run out leaves the draw for the rest of the epoch. Temperature
-sampling is the mixing rule of multilingual NMT and T5 (Arivazhagan et al. 2019; Raffel et al. 2020).
+and a task whose examples run out leaves the draw for the rest of the epoch: p is then the same
+rule over the tasks that remain. All three are p = softmax_t(log N_t / τ) (τ = 1, τ = ∞, the
+given τ), computed in log space because N_t^(1/τ) overflows a float for small τ (2200^100 > 10^308).
+Temperature sampling is the mixing rule of multilingual NMT and T5 (Arivazhagan et al. 2019; Raffel et al. 2020).
 """
 
 from __future__ import annotations
@@ -37,14 +39,31 @@ class MultiTaskItem(NamedTuple):
     target: Any
 
 
-class _PairDataset(Dataset):
-    """An (inputs, targets) pair seen as a dataset of (input, target) examples."""
-
-    def __init__(self, task: str, inputs: Sequence | torch.Tensor, targets: Sequence | torch.Tensor) -> None:
+def check_task_data(task: str, data: tuple[Any, Any] | Dataset) -> int:
+    """N_t, the number of examples of one task's data: ``(inputs, targets)`` of equal length, or a
+    ``Dataset``. Raises when the lengths differ or there is no example."""
+    if isinstance(data, tuple):
+        inputs, targets = data
         if len(inputs) != len(targets):
             raise ValueError(
                 f"task {task!r} has {len(inputs)} inputs but {len(targets)} targets; they must match"
             )
+    size = len(targets) if isinstance(data, tuple) else len(data)
+    if size == 0:
+        raise ValueError(f"task {task!r} has no examples; give it at least one (input, target) pair")
+    return size
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Raise unless ``batch_size`` is a positive int."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+class _PairDataset(Dataset):
+    """An (inputs, targets) pair seen as a dataset of (input, target) examples."""
+
+    def __init__(self, inputs: Sequence | torch.Tensor, targets: Sequence | torch.Tensor) -> None:
         self.inputs, self.targets = inputs, targets
 
     def __len__(self) -> int:
@@ -65,15 +84,13 @@ class MultiTaskDataset(Dataset):
         if not tasks:
             raise ValueError("tasks is empty; pass {'task name': (inputs, targets), ...}")
         self.datasets: dict[str, Dataset] = {}
+        self.sizes: dict[str, int] = {}
         for name, data in tasks.items():
             if not isinstance(name, str):
                 raise TypeError(f"task names must be strings, got {name!r}")
-            self.datasets[name] = _PairDataset(name, *data) if isinstance(data, tuple) else data
+            self.sizes[name] = check_task_data(name, data)
+            self.datasets[name] = _PairDataset(*data) if isinstance(data, tuple) else data
         self.tasks: tuple[str, ...] = tuple(self.datasets)
-        self.sizes: dict[str, int] = {name: len(data) for name, data in self.datasets.items()}
-        empty = [name for name, size in self.sizes.items() if size == 0]
-        if empty:
-            raise ValueError(f"task(s) {', '.join(empty)} have no examples")
         self.offsets: list[int] = np.cumsum([0, *self.sizes.values()]).tolist()  # (T + 1,)
 
     def __len__(self) -> int:
@@ -97,16 +114,17 @@ def task_probabilities(
 ) -> dict[str, float]:
     """p_t of each strategy (module docstring): task name -> probability, summing to 1.
 
-    ``temperature`` (τ > 0) is used by the ``temperature`` strategy only.
+    sizes: task name -> N_t. ``temperature`` (τ > 0, any size: computed in log space) is used by the
+    ``temperature`` strategy only.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; strategies are: {', '.join(STRATEGIES)}")
     if strategy == "temperature" and not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
     exponent = {"proportional": 1.0, "uniform": 0.0, "temperature": 1.0 / temperature}[strategy]
-    scores = {task: float(size) ** exponent for task, size in sizes.items()}
-    total = sum(scores.values())
-    return {task: score / total for task, score in scores.items()}
+    log_sizes = torch.tensor([float(size) for size in sizes.values()], dtype=torch.float64).log()
+    probabilities = torch.softmax(exponent * log_sizes, dim=0)
+    return dict(zip(sizes, probabilities.tolist()))
 
 
 class MultiTaskBatchSampler(Sampler[list[int]]):
@@ -128,10 +146,9 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         mixed: bool = False,
         seed: int = 0,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         self.dataset, self.batch_size, self.mixed, self.seed = dataset, batch_size, mixed, seed
-        self.strategy = strategy
+        self.strategy, self.temperature = strategy, temperature
         self.probabilities = task_probabilities(dataset.sizes, strategy, temperature)
         self.epoch = 0
 
@@ -143,7 +160,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
     def _task_order(self, counts: list[int], rng: np.random.Generator) -> list[int]:
         """A task position per unit (batch or example): task t appears counts[t] times."""
         remaining = np.array(counts)
-        probabilities = np.array([self.probabilities[task] for task in self.dataset.tasks])
+        probabilities = self._probabilities(remaining)
         order: list[int] = []
         turn = 0
         while remaining.sum() > 0:
@@ -153,11 +170,19 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
                 task = turn % len(remaining)
                 turn += 1
             else:
-                active = probabilities * (remaining > 0)
-                task = int(rng.choice(len(remaining), p=active / active.sum()))
+                task = int(rng.choice(len(remaining), p=probabilities))
             order.append(task)
             remaining[task] -= 1
+            if remaining[task] == 0 and remaining.sum() > 0:  # task leaves the draw
+                probabilities = self._probabilities(remaining)
         return order
+
+    def _probabilities(self, remaining: np.ndarray) -> np.ndarray:
+        """(T,) p_t of the strategy over the tasks with units remaining (0 for the others)."""
+        sizes = self.dataset.sizes
+        active = {task: sizes[task] for task, left in zip(self.dataset.tasks, remaining) if left > 0}
+        active_p = task_probabilities(active, self.strategy, self.temperature)
+        return np.array([active_p.get(task, 0.0) for task in self.dataset.tasks])
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
