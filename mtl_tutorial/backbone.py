@@ -84,11 +84,23 @@ def _hub_offline(offline: bool) -> Iterator[None]:
         constants.HF_HUB_OFFLINE = previous
 
 
+def _looks_like_path(name: str | os.PathLike) -> bool:
+    """Was a local folder meant? A PathLike, an existing folder, a name starting with ``/``, ``.``
+    or ``~``, or ``dir/name`` in an existing ``dir`` are; ``org/model`` (no folder ``org``) is a hub id."""
+    if isinstance(name, os.PathLike) or Path(name).is_dir():
+        return True
+    if os.path.isabs(name) or name.startswith((".", "~")):
+        return True
+    return os.sep in name and Path(name).parent.is_dir()
+
+
 def load_backbone(name: str | os.PathLike | None = None) -> tuple[nn.Module, object]:
     """Load an encoder and its tokenizer: ``model, tokenizer = load_backbone()``.
 
     - ``None``: the shipped all-MiniLM-L6-v2, from the installed package, with no network access.
     - a local folder: a transformers checkpoint saved with ``save_pretrained`` (no network access).
+      A name that looks like a path (absolute, ``./``, ``../``, ``~``, or ``dir/name`` in an existing
+      ``dir``) is taken as one: a missing folder is an error, not a hub lookup.
     - a hub id such as ``"bert-base-uncased"``: downloaded by transformers when the hub is reachable,
       else taken from the local Hugging Face cache.
 
@@ -98,8 +110,15 @@ def load_backbone(name: str | os.PathLike | None = None) -> tuple[nn.Module, obj
 
     if name is None:
         source, offline = default_backbone_path(), True
-    elif Path(name).is_dir():
-        source, offline = Path(name), True
+    elif _looks_like_path(name):
+        source, offline = Path(name).expanduser(), True
+        if not source.is_dir():
+            raise BackboneUnavailableError(
+                f"cannot load the backbone from {source}: "
+                f"{'it is a file, not a folder' if source.exists() else 'that folder does not exist'}. "
+                f"Pass the folder of a checkpoint saved with save_pretrained, or call load_backbone() "
+                f"with no name for the shipped offline default {DEFAULT_BACKBONE}."
+            )
     else:
         source, offline = str(name), not _hub_reachable()
     try:

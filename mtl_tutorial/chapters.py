@@ -1,19 +1,29 @@
 """The course's chapters: where they are, what README.md says about them, and running them headless.
 
 A chapter is a notebook ``notebooks/NN_slug.ipynb``. Its title and measured runtimes live in one
-place, the chapter table of README.md, which ``mtl-tutorial list`` reads.
+place, the chapter table of README.md, which ``mtl-tutorial list`` reads. ``run_notebook`` executes
+one with nbclient, with a time limit per cell and a shell channel that cannot miss a cell's reply.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
+
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
+from traitlets import Type
 
 CHAPTER_FILE = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 TABLE_ROW = re.compile(r"^\|\s*(\d\d)\s*\|(.*)\|\s*$")
+POLL_SLICE_S = 0.5  # longest wait on the kernel's shell socket before looking again
+IOPUB_TIMEOUT_S = 30  # how long a finished cell's outputs may trail its reply (4 s is tight under load)
+_TIMED_OUT = "CellTimeout"  # ename of the error nbclient reports for a cell interrupted at its timeout
 
 
 def project_root() -> Path:
@@ -118,58 +128,122 @@ def resolve_chapters(names: list[str], root: Path | None = None) -> list[Path]:
 
 
 class ChapterFailed(RuntimeError):
-    """A cell of a chapter raised; carries where, so the command can say it."""
+    """A chapter stopped early (a cell raised or timed out, or the kernel died); carries where."""
 
-    def __init__(self, notebook: Path, cell_index: int, code_cell_number: int, error: str, saved: Path):
+    def __init__(self, notebook: Path, cell_index: int | None, code_cell_number: int | None, error: str,
+                 saved: Path):
         self.notebook, self.cell_index, self.code_cell_number = notebook, cell_index, code_cell_number
         self.error, self.saved = error, saved
+        where = "before its first cell" if cell_index is None else (
+            f"in cell {cell_index} (code cell {code_cell_number})")
         super().__init__(
-            f"{notebook.name} failed in cell {cell_index} (code cell {code_cell_number}): {error}\n"
+            f"{notebook.name} failed {where}: {error}\n"
             f"the partly executed notebook is saved at {saved}"
         )
 
 
-def run_notebook(path: Path, output: Path, timeout: int = 1800, progress: bool = True) -> float:
+class PatientShellChannel(AsyncZMQSocketChannel):
+    """The kernel client's shell channel, waiting for a reply in slices of at most ``POLL_SLICE_S``.
+
+    While nbclient waits on the shell socket for a cell's reply, it sends widget updates on that
+    same socket, and jupyter_client sends them through a blocking shadow of the asyncio socket.
+    Such a send can swallow the socket's edge-triggered wake-up, so a reply that lands meanwhile
+    sits unread until the wait times out (nbclient #312, jupyter_client #1059). Every slice ends
+    with a direct poll of the socket, which finds such a reply.
+    """
+
+    async def get_msg(self, timeout: float | None = None) -> dict:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = POLL_SLICE_S if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await super().get_msg(timeout=min(POLL_SLICE_S, left))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+
+class PatientKernelClient(AsyncKernelClient):
+    """The kernel client ``run_notebook`` hands to nbclient: ``PatientShellChannel`` on the shell."""
+
+    shell_channel_class = Type(PatientShellChannel)
+
+
+def default_cell_timeout() -> int:
+    """Seconds one cell may run: 600 in fast mode, 1800 in full mode (a chapter takes ~15 min)."""
+    from mtl_tutorial.runtime import by_mode
+
+    return by_mode(fast=600, full=1800)
+
+
+def _describe(err: Exception, timeout: int) -> str:
+    """What went wrong, in the words ``ChapterFailed`` prints after the cell's position."""
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
+
+    if getattr(err, "ename", None) == _TIMED_OUT:
+        return (f"still running after {timeout} s, the limit per cell, so it was interrupted "
+                "(allow more with mtl-tutorial run --timeout SECONDS)")
+    if isinstance(err, CellExecutionError):
+        return f"{err.ename}: {err.evalue}"
+    if isinstance(err, DeadKernelError):
+        return ("the kernel died while running it (out of memory, or a crash in compiled code); "
+                "run the chapter in JupyterLab to see more")
+    return f"the kernel stopped answering ({err})"
+
+
+def run_notebook(path: Path, output: Path, timeout: int | None = None, progress: bool = True) -> float:
     """Execute ``path`` top to bottom in a fresh kernel (cwd: its folder) and write it to ``output``.
 
-    Returns the wall time in seconds. Raises ``ChapterFailed`` on the first failing cell, after
-    saving what ran so far to ``output``.
+    ``timeout``: seconds one cell may run before it is interrupted (default
+    ``default_cell_timeout()``). Returns the wall time in seconds. Raises ``ChapterFailed`` when a
+    cell raises or times out or the kernel dies, after saving what ran so far to ``output``.
     """
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
     from tqdm.auto import tqdm
+    from traitlets.config import Config
 
+    timeout = default_cell_timeout() if timeout is None else timeout
+    if timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
     notebook = nbformat.read(path, as_version=4)
     code_cells = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
-    bar = tqdm(total=len(code_cells), desc=path.stem, unit="cell", disable=not progress)
-    failed: dict[str, int] = {}
+    bar = tqdm(total=len(code_cells), desc=path.stem, unit="cell", disable=not progress, mininterval=0)
+    running: dict[str, int] = {}
+
+    def on_cell_execute(cell, cell_index):
+        running["cell_index"] = cell_index
+        bar.set_postfix_str(f"code cell {code_cells.index(cell_index) + 1} running")
 
     def on_cell_executed(cell, cell_index, execute_reply):
-        bar.update(1)
-
-    def on_cell_error(cell, cell_index, execute_reply):
-        failed["cell_index"] = cell_index
+        if execute_reply["content"]["status"] == "ok":
+            bar.update(1)
 
     client = NotebookClient(
         notebook,
         timeout=timeout,
+        interrupt_on_timeout=True,
+        error_on_timeout={"ename": _TIMED_OUT, "evalue": f"still running after {timeout} s", "traceback": []},
+        iopub_timeout=IOPUB_TIMEOUT_S,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent.resolve())}},
+        on_cell_execute=on_cell_execute,
         on_cell_executed=on_cell_executed,
-        on_cell_error=on_cell_error,
+        config=Config({"AsyncKernelManager": {"client_factory": PatientKernelClient}}),
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
         client.execute()
-    except CellExecutionError as err:
+    except (CellExecutionError, RuntimeError) as err:  # RuntimeError: the kernel died or did not start
         nbformat.write(notebook, output)
-        index = failed.get("cell_index", -1)
-        error = f"{err.ename}: {err.evalue}" if getattr(err, "ename", None) else str(err).strip()
-        raise ChapterFailed(path, index, code_cells.index(index) + 1 if index in code_cells else -1,
-                            error, output) from None
+        index = running.get("cell_index")
+        raise ChapterFailed(path, index, None if index is None else code_cells.index(index) + 1,
+                            _describe(err, timeout), output) from None
     finally:
         bar.close()
+        # nbclient leaves this registered when the kernel fails to start; at exit it would raise
+        atexit.unregister(client._cleanup_kernel)
     nbformat.write(notebook, output)
     return time.perf_counter() - start

@@ -1,9 +1,11 @@
-"""The ``mtl-tutorial`` command: ``doctor``, ``list`` and ``run``.
+"""The ``mtl-tutorial`` command: ``doctor``, ``list``, ``run`` and ``bench``.
 
     mtl-tutorial doctor                 is this machine ready for the course?
     mtl-tutorial list                   the chapters, with measured runtimes
     mtl-tutorial run --fast 00 02       execute chapters headless, print wall times
     mtl-tutorial bench lora             time our LoRA step against peft's
+    mtl-tutorial bench aggregators      time PCGrad, MGDA, CAGrad steps against equal weighting
+    mtl-tutorial bench solvers          time the aggregators' weight solvers for T = 2, 4, 8 tasks
 """
 
 from __future__ import annotations
@@ -124,8 +126,8 @@ def run_command(args: argparse.Namespace) -> int:
         os.environ["MTL_TUTORIAL_FAST"] = "1"
     from mtl_tutorial.runtime import fast_mode
 
-    mode = "fast" if fast_mode() else "full"
     try:
+        mode = "fast" if fast_mode() else "full"
         paths = resolve_chapters(args.chapters)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -147,8 +149,19 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> int:
+    """argparse type of ``--timeout``: a whole number of seconds, at least 1."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds >= 1")
+    return seconds
+
+
 def bench_command(args: argparse.Namespace) -> int:
-    """Hand over to ``mtl_tutorial.bench`` (``lora`` or ``aggregators``, with their options)."""
+    """Hand over to ``mtl_tutorial.bench`` (``lora``, ``aggregators`` or ``solvers``, with their options)."""
     from mtl_tutorial.bench import main as bench_main
 
     return bench_main(args.bench_args, prog="mtl-tutorial bench")
@@ -179,10 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="fast mode (MTL_TUTORIAL_FAST=1): small sizes, as CI")
     p.add_argument("--output", metavar="DIR", help="where executed copies go (default build/notebooks/)")
     p.add_argument("--inplace", action="store_true", help="write outputs back into notebooks/ (to commit them)")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default 1800)")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                   help="seconds one cell may run before it is interrupted and the run fails "
+                   "(default 600 in fast mode, 1800 in full mode)")
     p.set_defaults(func=run_command)
 
-    p = verbs.add_parser("bench", add_help=False, help="time our LoRA vs peft's, or the gradient aggregators",
+    p = verbs.add_parser("bench", add_help=False, help="time our LoRA vs peft's, the gradient aggregators, or their solvers",
                          description="Time training steps; see mtl-tutorial bench --help.")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=bench_command)

@@ -38,6 +38,26 @@ def by_mode(fast: T, full: T) -> T:
     return fast if fast_mode() else full
 
 
+def check_device(
+    device: torch.device | str,
+    name: str = "device",
+    hint: str = "use 'cpu', or mtl_tutorial.runtime.get_device() for the best device this machine has",
+) -> torch.device:
+    """``device`` as a ``torch.device`` when this machine has it, else an error that names ``name``
+    (who asked: an argument or an environment variable) and ends with ``hint`` (what to do)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"{name}={device!r} is not a device; use cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"{name}={str(device)!r} but torch sees no CUDA GPU; {hint}")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise RuntimeError(f"{name}={str(device)!r} but only {torch.cuda.device_count()} GPU(s) exist; {hint}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"{name}={str(device)!r} but MPS is not available; {hint}")
+    return device
+
+
 def get_device() -> torch.device:
     """The device chapters train on: ``MTL_TUTORIAL_DEVICE`` if set, else cuda > mps > cpu.
 
@@ -45,25 +65,7 @@ def get_device() -> torch.device:
     """
     forced = os.environ.get("MTL_TUTORIAL_DEVICE", "").strip()
     if forced:
-        try:
-            device = torch.device(forced)
-        except RuntimeError as err:
-            raise ValueError(
-                f"MTL_TUTORIAL_DEVICE={forced!r} is not a device; use cpu, cuda, cuda:N or mps"
-            ) from err
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(
-                f"MTL_TUTORIAL_DEVICE={forced!r} but torch sees no CUDA GPU; unset it to use the CPU"
-            )
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"MTL_TUTORIAL_DEVICE={forced!r} but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise RuntimeError(
-                f"MTL_TUTORIAL_DEVICE={forced!r} but MPS is not available; unset it to use the CPU"
-            )
-        return device
+        return check_device(forced, "MTL_TUTORIAL_DEVICE", hint="unset it to use the CPU")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from mtl_tutorial.data.multitask import MultiTaskBatch, check_batch_size, check_task_data
 from mtl_tutorial.models import TaskOutput, select_examples
 from mtl_tutorial.objectives import check_scalar_losses, weighted_sum
+from mtl_tutorial.runtime import check_device
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(outputs (B_t, ...), targets (B_t, ...)) -> 0-dim loss."""
@@ -167,22 +168,6 @@ def _endless(loader: Iterable[MultiTaskBatch]) -> Iterator[MultiTaskBatch]:
             )
         if empty:
             raise ValueError("the loader yielded no batches")
-
-
-def check_device(device: torch.device | str, name: str = "device") -> torch.device:
-    """``device`` as a ``torch.device``, when this machine has it; ``name`` says in errors who asked."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"{name}={device!r} is not a device; use cpu, cuda, cuda:N or mps") from err
-    hint = "use 'cpu', or mtl_tutorial.runtime.get_device() for the best device this machine has"
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{name}={str(device)!r} but torch sees no CUDA GPU; {hint}")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise RuntimeError(f"{name}={str(device)!r} but only {torch.cuda.device_count()} GPU(s) exist; {hint}")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"{name}={str(device)!r} but MPS is not available; {hint}")
-    return device
 
 
 def _is_integer(tensor: torch.Tensor) -> bool:

@@ -48,6 +48,33 @@ def test_unknown_backbone_offline_names_the_default(monkeypatch):
         load_backbone("no-such-org/no-such-model")
 
 
+def _refuse_the_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a local path must not be looked up on the hub: {args}")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.mark.parametrize(
+    "name", ["/no/such/dir", "./no-such-dir", "../no-such-dir", "checkpoints/no-such-model"]
+)
+def test_a_missing_folder_is_named_as_missing_not_as_offline(monkeypatch, tmp_path, name):
+    _refuse_the_network(monkeypatch)
+    (tmp_path / "checkpoints").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BackboneUnavailableError, match="that folder does not exist") as failure:
+        load_backbone(name)
+    assert "hub" not in str(failure.value) and "offline default" in str(failure.value)
+
+
+def test_a_file_is_not_a_checkpoint_folder(monkeypatch, tmp_path):
+    _refuse_the_network(monkeypatch)
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(BackboneUnavailableError, match="it is a file, not a folder"):
+        load_backbone(str(tmp_path / "model.bin"))
+
+
 def test_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(BackboneUnavailableError, match="cannot load the backbone from"):
         load_backbone(tmp_path)

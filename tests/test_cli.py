@@ -1,13 +1,28 @@
+import asyncio
 import hashlib
 import importlib.metadata as metadata
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import nbformat
 import pytest
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
 
 from mtl_tutorial import cli
-from mtl_tutorial.chapters import list_chapters, project_root, read_chapter_table, resolve_chapters
+from mtl_tutorial.chapters import (
+    ChapterFailed,
+    PatientShellChannel,
+    default_cell_timeout,
+    list_chapters,
+    project_root,
+    read_chapter_table,
+    resolve_chapters,
+    run_notebook,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -113,3 +128,123 @@ def test_run_stops_at_the_failing_cell_with_exit_1(tmp_path):
     assert result.returncode == 1
     assert "broken_chapter.ipynb failed in cell 3 (code cell 3): ZeroDivisionError" in result.stderr
     assert (out_dir / "broken_chapter.ipynb").is_file(), "the partly executed notebook must be kept"
+
+
+def _run_fixture(tmp_path, name, *options):
+    notebook = tmp_path / name
+    shutil.copy(FIXTURES / name, notebook)
+    result = subprocess.run(
+        ["mtl-tutorial", "run", *options, "--output", str(tmp_path / "out"), str(notebook)],
+        capture_output=True, text=True, timeout=300,
+    )
+    return result, tmp_path / "out" / name
+
+
+def _outputs(saved: Path) -> list[str]:
+    """Each code cell's outputs as one string: stream text and error names."""
+    notebook = nbformat.read(saved, as_version=4)
+    return ["".join(o.get("text", o.get("ename", "")) for o in c.outputs)
+            for c in notebook.cells if c.cell_type == "code"]
+
+
+def test_a_cell_over_its_timeout_is_interrupted_and_reported_like_a_failing_cell(tmp_path):
+    result, saved = _run_fixture(tmp_path, "slow_chapter.ipynb", "--timeout", "3")
+    assert result.returncode == 1, result.stderr
+    assert ("FAILED: slow_chapter.ipynb failed in cell 2 (code cell 2): still running after 3 s, "
+            "the limit per cell") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _outputs(saved) == ["first cell ran\n", "sleeping\nKeyboardInterrupt", ""]  # interrupted, kept
+
+
+def test_a_dead_kernel_is_reported_with_its_cell(tmp_path):
+    result, saved = _run_fixture(tmp_path, "dying_chapter.ipynb")
+    assert result.returncode == 1, result.stderr
+    assert "FAILED: dying_chapter.ipynb failed in cell 2 (code cell 2): the kernel died" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _outputs(saved)[0] == "first cell ran\n"
+
+
+def test_run_rejects_an_unclear_mode_before_starting_a_kernel(monkeypatch, capsys):
+    monkeypatch.setenv("MTL_TUTORIAL_FAST", "2")
+    assert cli.main(["run", "00"]) == 2
+    assert capsys.readouterr().err == (
+        "error: MTL_TUTORIAL_FAST='2' is not understood; set it to 1 (fast mode) or 0 (full mode)\n"
+    )
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "soon"])
+def test_run_rejects_a_timeout_that_is_not_positive_seconds(seconds, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "--timeout", seconds, "00"])
+    assert exit_info.value.code == 2
+    assert f"--timeout: {seconds!r} is not a whole number of seconds >= 1" in capsys.readouterr().err
+
+
+def test_the_default_cell_timeout_follows_the_mode_and_zero_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("MTL_TUTORIAL_FAST", "1")
+    assert default_cell_timeout() == 600
+    monkeypatch.setenv("MTL_TUTORIAL_FAST", "0")
+    assert default_cell_timeout() == 1800
+    with pytest.raises(ValueError, match="positive number of seconds"):  # nbclient: 0 = wait forever
+        run_notebook(FIXTURES / "broken_chapter.ipynb", tmp_path / "x.ipynb", timeout=0, progress=False)
+
+
+def test_a_kernel_that_never_starts_fails_before_the_first_cell(monkeypatch, tmp_path):
+    fake = tmp_path / "fake_kernel"
+    fake.mkdir()
+    (fake / "ipykernel_launcher.py").write_text("raise SystemExit(3)\n")  # shadows the real kernel
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+    result, saved = _run_fixture(tmp_path, "broken_chapter.ipynb")
+    assert result.returncode == 1, result.stderr
+    assert ("FAILED: broken_chapter.ipynb failed before its first cell: the kernel stopped answering "
+            "(Kernel died") in result.stderr
+    assert "Traceback" not in result.stderr, "nothing may raise at exit either"
+    assert saved.is_file()
+
+
+def test_run_notebook_waits_on_the_patient_shell_channel(tmp_path, monkeypatch):
+    waits = []
+    patient_get_msg = PatientShellChannel.get_msg
+
+    async def counted_get_msg(self, timeout=None):
+        waits.append(timeout)
+        return await patient_get_msg(self, timeout)
+
+    monkeypatch.setattr(PatientShellChannel, "get_msg", counted_get_msg)
+    with pytest.raises(ChapterFailed) as failure:
+        run_notebook(FIXTURES / "broken_chapter.ipynb", tmp_path / "broken.ipynb", timeout=60, progress=False)
+    assert (failure.value.cell_index, failure.value.code_cell_number) == (3, 3)
+    assert failure.value.error == "ZeroDivisionError: division by zero"
+    assert (tmp_path / "broken.ipynb").is_file()
+    assert 60 in waits, "each cell's reply must be awaited through PatientShellChannel"
+
+
+def test_patient_shell_channel_finds_a_reply_whose_wake_up_a_send_swallowed():
+    """nbclient's widget updates are raw sends on the shell socket while it waits there for a reply
+    (nbclient #312): a reply that lands just before such a send is left unseen by a stock
+    AsyncZMQSocketChannel until its timeout (here 10 s)."""
+
+    async def scenario():
+        kernel = zmq.Context.instance().socket(zmq.ROUTER)
+        client = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        try:
+            client.connect(f"tcp://127.0.0.1:{kernel.bind_to_random_port('tcp://127.0.0.1')}")
+            session = Session(key=b"secret")
+            channel = PatientShellChannel(client, session)
+            channel.send(session.msg("execute_request", {"code": "1"}))
+            identity = kernel.recv_multipart()[0]
+            waiting = asyncio.ensure_future(channel.get_msg(timeout=10))
+            await asyncio.sleep(0.1)  # the wait now watches the socket's file descriptor
+            session.send(kernel, "execute_reply", {"status": "ok"}, ident=identity)
+            time.sleep(0.3)  # the reply reaches the client socket; the event loop does not run
+            channel.send(session.msg("comm_msg", {}))  # swallows the wake-up the reply raised
+            start = time.perf_counter()
+            reply = await waiting
+            return reply["msg_type"], time.perf_counter() - start
+        finally:
+            client.close(linger=0)
+            kernel.close(linger=0)
+
+    msg_type, seconds = asyncio.run(scenario())
+    assert msg_type == "execute_reply"
+    assert seconds < 2

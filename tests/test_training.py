@@ -9,11 +9,11 @@ from torch import nn
 
 from mtl_tutorial.data import MultiTaskDataset, multitask_loader
 from mtl_tutorial.models import HardSharingModel
+from mtl_tutorial.runtime import check_device
 from mtl_tutorial.training import (
     History,
     NonFiniteLossError,
     accuracy,
-    check_device,
     check_targets,
     evaluate,
     macro_f1,
