@@ -11,13 +11,22 @@ CHECK = "# NBVAL_CHECK_OUTPUT"
 
 
 def _checked_outputs(notebook: Path) -> list[list[tuple]]:
-    """For each ``# NBVAL_CHECK_OUTPUT`` cell: its outputs as (type, stream name, text)."""
+    """For each ``# NBVAL_CHECK_OUTPUT`` cell: its outputs as (type, stream name, text), with
+    consecutive chunks of one stream joined (how a print is split into messages varies by run)."""
     cells = [c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
-    return [
-        [(o.output_type, o.get("name"), o.get("text") or o.get("data", {}).get("text/plain"))
-         for o in c.outputs]
-        for c in cells if CHECK in c.source
-    ]
+    checked = []
+    for cell in cells:
+        if CHECK not in cell.source:
+            continue
+        outputs: list[tuple] = []
+        for o in cell.outputs:
+            entry = (o.output_type, o.get("name"), o.get("text") or o.get("data", {}).get("text/plain"))
+            if outputs and entry[0] == "stream" and outputs[-1][:2] == entry[:2]:
+                outputs[-1] = (*entry[:2], outputs[-1][2] + entry[2])
+            else:
+                outputs.append(entry)
+        checked.append(outputs)
+    return checked
 
 
 def test_same_seed_same_numbers_in_the_checked_cells(tmp_path, monkeypatch):
