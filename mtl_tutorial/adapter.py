@@ -18,9 +18,18 @@ Where adapters go (``apply_adapters``), in every layer of a BERT-like encoder:
 
 Each sits right after its dense projection, before that sub-layer's dropout, residual and
 LayerNorm (``LayerNorm(x + dropout(adapter(dense(h))))``), so every later layer sees its effect.
-(Houlsby's code applies the adapter after the dropout, and AdapterHub's Pfeiffer configuration
-also moves it around the LayerNorm; at inference the first difference vanishes, in training ours
-also drops adapter outputs.)
+
+How it differs from the references, on purpose (one frozen backbone, an exact identity at the start):
+
+- Houlsby et al. also train the LayerNorms of every layer, per task; ours stay frozen and shared,
+  so a task owns its adapters and its head only.
+- Houlsby's code initialises both adapter matrices near zero (truncated normal, std 1e-3), so a new
+  adapter is *nearly* the identity; ours zeroes W_up and b_up, so it is exactly the identity.
+- Houlsby's code applies the adapter after the sub-layer's dropout; at inference that is the same,
+  in training ours also drops adapter outputs.
+- ``"pfeiffer"`` here means only "one adapter, after the feed-forward projection". AdapterHub's
+  ``pfeiffer`` (``seq_bn``) configuration also runs the layer's own residual and LayerNorm before
+  the adapter (``original_ln_before=True``), uses ReLU and sizes m as H / 16 (``reduction_factor``).
 
 Multi-task adapters keep one frozen backbone and one adapter set per task t; the routing and the
 saving of one task come from ``mtl_tutorial.multitask_peft``. A batch may mix tasks, in training too.
@@ -37,7 +46,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from mtl_tutorial.multitask_peft import MultiTaskPEFTModel, TaskRoutedLayer, check_task_names
+from mtl_tutorial.multitask_peft import MultiTaskPEFTModel, TaskRoutedLayer, check_task_names, no_target_error
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 PLACEMENTS: dict[str, tuple[str, ...]] = {
@@ -170,9 +179,9 @@ def apply_adapters(
         )
     layers = transformer_layers(model)
     if not layers:
-        raise ValueError(
-            f"found no BERT-like transformer layer in this {type(model).__name__}: adapters go into modules "
-            f"with nn.Linear projections {' and '.join(PLACEMENTS['houlsby'])} (e.g. model.encoder.layer[0])"
+        raise no_target_error(
+            model, f"BERT-like transformer layer (a module with nn.Linear projections "
+            f"{' and '.join(PLACEMENTS['houlsby'])}, e.g. model.encoder.layer[0])"
         )
     if tasks is not None:
         check_task_names(tasks)

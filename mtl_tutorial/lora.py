@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtl_tutorial.multitask_peft import MultiTaskPEFTModel, TaskRoutedLayer, check_task_names
+from mtl_tutorial.multitask_peft import MultiTaskPEFTModel, TaskRoutedLayer, check_task_names, no_target_error
 
 
 def _check_lora_arguments(base: nn.Module, r: int, alpha: float, dropout: float) -> None:
@@ -182,14 +182,12 @@ def apply_lora(
             f"this model already has {len(wrapped)} LoRA layers (e.g. {next(iter(wrapped))}); apply LoRA "
             f"once, or start again from a fresh copy of the backbone (copy.deepcopy before apply_lora)"
         )
+    if not target_modules:
+        raise no_target_error(model, "nn.Linear to wrap (target_modules is empty: name at least one, e.g. 'query')")
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     for pattern in target_modules:
         if not any(_matches(name, pattern) for name in linears):
-            endings = sorted({name.rsplit(".", 1)[-1] for name in linears})
-            raise ValueError(
-                f"target module {pattern!r} matches no nn.Linear of this {type(model).__name__}; its "
-                f"Linear layers end with: {', '.join(endings)} (e.g. {', '.join(linears[:3])})"
-            )
+            raise no_target_error(model, f"nn.Linear matching target module {pattern!r} (named {pattern!r} or ending in '.{pattern}')")
     targets = [name for name in linears if any(_matches(name, pattern) for pattern in target_modules)]
     model.requires_grad_(False)
     for name in targets:

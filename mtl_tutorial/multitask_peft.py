@@ -8,13 +8,18 @@ its own head. Two things are the same for every method and live here, once:
   all of them for one forward pass: one task name for a single-task batch, or one name per example
   for a mixed-task batch (which peft allows at inference only; here it works in training too).
 - **one task's state**: ``MultiTaskPEFTModel`` saves and loads what one task owns (its PEFT tensors
-  and its head) to a safetensors file, without the backbone.
+  and its head) to a safetensors file, without the backbone, and refuses a file saved with other
+  hyper-parameters (``task_metadata``) instead of loading it into the wrong architecture.
+
+``no_target_error`` is the one error every injection (``apply_adapters``, ``apply_lora``,
+``apply_prefix``, ``PromptTunedEncoder``) raises when it finds nowhere to go.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -35,6 +40,21 @@ def check_task_names(tasks: Sequence[str]) -> None:
             raise ValueError(f"task names must be non-empty strings without '.', got {task!r}")
     if len(set(tasks)) != len(tasks):
         raise ValueError(f"task names must be unique, got {list(tasks)}")
+
+
+def no_target_error(model: nn.Module, looked_for: str) -> ValueError:
+    """The error of a PEFT injection that matched no module of ``model``: what it looked for, and
+    what there is (the endings of the ``nn.Linear`` names and a few full names), so the learner can
+    fix the pattern instead of training a model with nothing trainable in it."""
+    linears = [name for name, module in model.named_modules() if name and isinstance(module, nn.Linear)]
+    if linears:
+        endings = sorted({name.rsplit(".", 1)[-1] for name in linears})
+        there = f"its nn.Linear layers ({len(linears)}) end with: {', '.join(endings)} (e.g. {', '.join(linears[:3])})"
+    elif isinstance(model, nn.Linear):
+        there = "it is a single nn.Linear: pass the model that contains the layers"
+    else:
+        there = "it has no nn.Linear layer at all"
+    return ValueError(f"found no {looked_for} in this {type(model).__name__}; {there}")
 
 
 def make_routing(task: str | Sequence[str] | None, tasks: Sequence[str]) -> TaskRouting:
@@ -112,6 +132,15 @@ def task_routing(model: nn.Module, task: str | Sequence[str]) -> Iterator[None]:
             layer.routing = before
 
 
+def _metadata_mismatches(saved: dict[str, str], own: dict[str, str]) -> list[str]:
+    """``"key='saved' in the file but 'own' here"`` for every hyper-parameter that differs."""
+    def shown(metadata: dict[str, str], key: str) -> str:
+        return repr(metadata[key]) if key in metadata else "nothing"
+
+    keys = sorted((saved.keys() | own.keys()) - {"format", "task"})
+    return [f"{key}={shown(saved, key)} in the file but {shown(own, key)} here" for key in keys if saved.get(key) != own.get(key)]
+
+
 class MultiTaskPEFTModel(HardSharingModel):
     """A frozen trunk with per-task PEFT layers inside it, and one head per task.
 
@@ -158,18 +187,37 @@ class MultiTaskPEFTModel(HardSharingModel):
         save_file(tensors, str(path), metadata={"format": self.save_format, "task": task, **self.task_metadata()})
 
     def load_task(self, task: str, path: str | os.PathLike) -> None:
-        """Overwrite task ``task``'s PEFT tensors and head with those ``save_task`` wrote."""
-        from safetensors import safe_open
+        """Overwrite task ``task``'s PEFT tensors and head with those ``save_task`` wrote.
+
+        Refuses, naming the file: a missing file, one that is not a saved task (or is damaged), one
+        saved by another kind of model or with other hyper-parameters, or tensors of other names or shapes.
+        """
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as handle:
-            stored_format = (handle.metadata() or {}).get("format")
-        if stored_format != self.save_format:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no saved task at {path}: the file does not exist; save_task(task, path) writes one")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                stored = handle.metadata() or {}
+            saved = load_file(str(path))
+        except SafetensorError as error:
             raise ValueError(
-                f"{path} holds {stored_format or 'an unknown format'}, not {self.save_format}; load it into "
+                f"{path} is not a task saved by save_task, or it is damaged (safetensors: {error}); "
+                f"save the task again with save_task(task, path)"
+            ) from error
+        if stored.get("format") != self.save_format:
+            raise ValueError(
+                f"{path} holds {stored.get('format') or 'an unknown format'}, not {self.save_format}; load it into "
                 f"the same kind of model that saved it"
             )
-        saved, own = load_file(str(path)), self.task_state_dict(task)
+        mismatches = _metadata_mismatches(stored, self.task_metadata())
+        if mismatches:
+            raise ValueError(
+                f"{path} was saved by a model with other settings: {'; '.join(mismatches)}; build the model "
+                f"with the saved settings before loading"
+            )
+        own = self.task_state_dict(task)
         missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
         if missing or unexpected:
             raise ValueError(
@@ -185,4 +233,3 @@ class MultiTaskPEFTModel(HardSharingModel):
         with torch.no_grad():
             for key, tensor in own.items():
                 tensor.copy_(saved[key])
-

@@ -16,6 +16,13 @@ after training only P_θ is kept (``PrefixEncoder.to_direct``). Each position i 
 the source article's "JAX" ``PrefixEmbed`` instead feeds its MLP a zero vector, so every position
 gets the same prefix (and it tiles torch modules through jnp, which cannot run).
 
+How it differs from peft's ``PrefixTuningConfig`` on BERT: peft hands the prefix to BERT as a cache
+of P *earlier* tokens, so BERT numbers the real tokens P … P + L − 1 (and inputs may have at most
+512 − P tokens); ours keeps BERT's own positions 0 … L − 1, the position embeddings it was pretrained
+with. With the same prefix, the outputs therefore differ (by 1e-3 to 1e-2 in MiniLM's logits,
+chapter 09) unless ours is called with ``position_ids = P … P + L − 1``; then they agree to float
+rounding.
+
 Prompt tuning (Lester et al. 2021), for contrast: P trainable vectors in front of the *input*
 embeddings only (``PromptTunedEncoder``); the layers see them through attention, nothing is added
 inside the layers.
@@ -36,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtl_tutorial.backbone import mean_pool
-from mtl_tutorial.multitask_peft import MultiTaskPEFTModel, TaskRoutedLayer, check_task_names
+from mtl_tutorial.multitask_peft import MultiTaskPEFTModel, TaskRoutedLayer, check_task_names, no_target_error
 
 if TYPE_CHECKING:
     from transformers.modeling_outputs import BaseModelOutput
@@ -263,9 +270,9 @@ def apply_prefix(
         )
     targets = [(name, module) for name, module in model.named_modules() if _is_self_attention(module)]
     if not targets:
-        raise ValueError(
-            f"found no BERT-style self-attention (a module with query, key and value nn.Linear layers) in this "
-            f"{type(model).__name__}; apply_prefix supports BERT-like encoders (BERT, MiniLM, RoBERTa)"
+        raise no_target_error(
+            model, "BERT-style self-attention (a module with query, key and value nn.Linear layers, as in "
+            "BERT, MiniLM, RoBERTa)"
         )
     first = targets[0][1]
     for name, module in targets:
@@ -358,8 +365,11 @@ class PromptTunedEncoder(nn.Module):
         super().__init__()
         if not isinstance(num_virtual_tokens, int) or num_virtual_tokens < 1:
             raise ValueError(f"num_virtual_tokens must be an int >= 1, got {num_virtual_tokens!r}")
+        embeddings = encoder.get_input_embeddings() if hasattr(encoder, "get_input_embeddings") else None
+        if not isinstance(embeddings, nn.Embedding):
+            raise no_target_error(encoder, "word embedding (the nn.Embedding that get_input_embeddings() of a transformers model returns)")
         self.encoder = encoder.requires_grad_(False)
-        words = encoder.get_input_embeddings().weight
+        words = embeddings.weight
         self.prompt = nn.Parameter(words[torch.randint(len(words), (num_virtual_tokens,))].detach().clone())
         self.train(encoder.training)
 

@@ -1,9 +1,11 @@
 """Bottleneck adapters on the shipped MiniLM: identity at init, what trains, routing, saving, errors."""
 
 import copy
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mtl_tutorial.adapter import (
@@ -35,12 +37,12 @@ def backbone():
     return load_backbone()
 
 
-def multitask_model(backbone, bottleneck_size=8, placement="houlsby", seed=0):
+def multitask_model(backbone, bottleneck_size=8, placement="houlsby", seed=0, activation="gelu"):
     encoder, tokenizer = backbone
     torch.manual_seed(seed)
     heads = {task: nn.Linear(384, n) for task, n in NUM_CLASSES.items()}
     trunk = TextEncoderTrunk(copy.deepcopy(encoder), tokenizer, max_length=32)
-    return MultiTaskAdapterModel(trunk, heads, bottleneck_size=bottleneck_size, placement=placement)
+    return MultiTaskAdapterModel(trunk, heads, bottleneck_size=bottleneck_size, placement=placement, activation=activation)
 
 
 def randomize_adapters(model, seed):
@@ -75,6 +77,68 @@ def test_bottleneck_adapter_is_the_identity_at_init_and_counts_its_parameters():
 def test_bottleneck_adapter_rejects_bad_sizes_and_activations(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BottleneckAdapter(**kwargs)
+
+
+def frozen_linear(module, x):
+    """The frozen projection of a (possibly adapted) layer: W x + b, without any adapter."""
+    linear = module.base if isinstance(module, AdaptedLinear) else module
+    return F.linear(x, linear.weight, linear.bias)
+
+
+def adapter_reference(adapter, h):
+    """Houlsby's adapter written out: h + W_up relu(W_down h + b_down) + b_up."""
+    return h + F.linear(F.relu(F.linear(h, adapter.down.weight, adapter.down.bias)), adapter.up.weight, adapter.up.bias)
+
+
+def bert_layer_reference(layer, h, adapted, num_heads):
+    """One BERT layer in eval mode, written out, with an adapter right after each projection in
+    ``adapted`` and before that sub-layer's LayerNorm(x + residual):
+
+        a = LayerNorm₁(adapter(W_o attention(h)) + h),   y = LayerNorm₂(adapter(W_2 gelu(W_1 a)) + a).
+    """
+    def projection(path, x):
+        out = frozen_linear(layer.get_submodule(path), x)
+        return adapter_reference(layer.get_submodule(path).adapter, out) if path in adapted else out
+
+    attention = layer.attention.self
+    batch, length, hidden = h.shape
+
+    def heads(name):  # (B, L, hidden) -> (B, heads, L, d)
+        return frozen_linear(getattr(attention, name), h).view(batch, length, num_heads, -1).transpose(1, 2)
+
+    q, k, v = heads("query"), heads("key"), heads("value")
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hidden // num_heads), dim=-1)
+    context = (weights @ v).transpose(1, 2).reshape(batch, length, hidden)
+    a = layer.attention.output.LayerNorm(projection("attention.output.dense", context) + h)
+    inner = F.gelu(frozen_linear(layer.intermediate.dense, a))
+    return layer.output.LayerNorm(projection("output.dense", inner) + a)
+
+
+@pytest.mark.parametrize(
+    "placement, adapted",
+    [("houlsby", {"attention.output.dense", "output.dense"}), ("pfeiffer", {"output.dense"})],
+)
+def test_adapters_sit_after_each_projection_before_the_residual_layernorm(placement, adapted):
+    """A tiny random BERT, numerically against the layer written out: catches an adapter moved after
+    the LayerNorm, before the projection, onto another projection, or missing."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    torch.manual_seed(0)
+    plain = BertModel(config).eval()
+    model = apply_adapters(copy.deepcopy(plain), bottleneck_size=4, placement=placement, activation="relu")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".adapter." in name:
+                parameter.normal_(std=0.5)  # W_up starts at zero: without this every placement is the identity
+    input_ids = torch.randint(50, (3, 7))
+    with torch.no_grad():
+        h = model.embeddings(input_ids=input_ids)
+        for layer in model.encoder.layer:
+            h = bert_layer_reference(layer, h, adapted, config.num_attention_heads)
+        output = model(input_ids=input_ids).last_hidden_state
+        assert not torch.allclose(output, plain(input_ids=input_ids).last_hidden_state, atol=1e-2)
+    torch.testing.assert_close(output, h, rtol=0, atol=1e-5)
 
 
 def test_injected_adapters_leave_the_backbone_unchanged_at_init(backbone):
@@ -155,10 +219,13 @@ def test_save_and_load_one_task_reproduces_its_logits_exactly(backbone, tmp_path
         fresh.load_task("sentiment", path)
         assert torch.equal(fresh(TEXTS, "sentiment"), trained(TEXTS, "sentiment"))
         assert torch.equal(fresh(TEXTS, "pos"), pos_before)
-    with pytest.raises(ValueError, match="does not fit task 'sentiment'"):
+    with pytest.raises(ValueError, match="other settings: placement='houlsby' in the file but 'pfeiffer' here"):
         multitask_model(backbone, placement="pfeiffer").load_task("sentiment", path)
-    with pytest.raises(ValueError, match=r"has shape \(8, 384\) in .* but \(16, 384\) here"):
+    with pytest.raises(ValueError, match="other settings: bottleneck_size='8' in the file but '16' here"):
         multitask_model(backbone, bottleneck_size=16).load_task("sentiment", path)
+    relu = multitask_model(backbone, activation="relu")  # same names and shapes: only the metadata tells
+    with pytest.raises(ValueError, match="other settings: activation='gelu' in the file but 'relu' here"):
+        relu.load_task("sentiment", path)
 
 
 def test_errors_a_learner_can_act_on(backbone):
@@ -179,8 +246,11 @@ def test_errors_a_learner_can_act_on(backbone):
         apply_adapters(copy.deepcopy(encoder), bottleneck_size=0)
     with pytest.raises(ValueError, match="placements are"):
         adapter_parameter_count(6, 384, 8, placement="Houlsby")
-    with pytest.raises(ValueError, match="found no BERT-like transformer layer in this Linear"):
+    with pytest.raises(ValueError, match="found no BERT-like transformer layer .* in this Linear; it is a single nn.Linear"):
         apply_adapters(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"found no BERT-like transformer layer .* in this Sequential; its nn.Linear "
+                                         r"layers \(2\) end with: 0, 2 \(e.g. 0, 2\)"):
+        MultiTaskAdapterModel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 4)), {"pos": nn.Linear(4, 2)})
     with pytest.raises(ValueError, match="task names must be unique"):
         MultiTaskBottleneckAdapter(["pos", "pos"], 16, 4)
 

@@ -7,31 +7,61 @@ import torch
 from mtl_tutorial.checks import compare
 
 
-def test_exact_close_and_different_verdicts(capsys):
+def test_verdicts_name_the_tolerance_and_return_the_difference(capsys):
     x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     assert compare("same", x, x.clone()) == 0.0
     assert compare("close", x, x + torch.tensor([0.0, 3e-7, -1e-6])) == pytest.approx(1e-6, rel=1e-3)
     assert compare("off", x, x + 0.5) == pytest.approx(0.5)
     assert capsys.readouterr().out.splitlines() == [
-        "same: exact",
-        "close: close (max abs diff 1.0e-06)",
-        "off: DIFFERENT (max abs diff 5.0e-01)",
+        "same: equal within 1e-05",
+        "close: equal within 1e-05",
+        "off: DIFFERENT (max abs diff 5.0e-01 > atol 1e-05)",
     ]
+
+
+def test_the_verdict_of_a_difference_within_atol_does_not_depend_on_its_size(capsys):
+    """Threads change the last bits of a matmul: 0, 1e-8 and 9e-6 must all print the same line."""
+    x = torch.zeros(4, dtype=torch.float64)
+    for noise in (0.0, 1e-8, 9e-6, 1e-5):
+        compare("logits", x + noise, x)
+    assert set(capsys.readouterr().out.splitlines()) == {"logits: equal within 1e-05"}
 
 
 def test_atol_sets_the_boundary_and_inputs_may_be_arrays_or_numbers(capsys):
     compare("loose", np.array([1.0, 2.0]), torch.tensor([1.0, 2.01]), atol=0.1)
+    compare("tight", np.array([1.0, 2.0]), torch.tensor([1.0, 2.01]), atol=1e-3)
     compare("scalar", 1.5, 1.5)
     compare("mixed dtypes", torch.tensor([1, 2]), torch.tensor([1.0, 2.0], dtype=torch.float64))
     assert capsys.readouterr().out.splitlines() == [
-        "loose: close (max abs diff 1.0e-02)",
-        "scalar: exact",
-        "mixed dtypes: exact",
+        "loose: equal within 0.1",
+        "tight: DIFFERENT (max abs diff 1.0e-02 > atol 0.001)",
+        "scalar: equal within 1e-05",
+        "mixed dtypes: equal within 1e-05",
     ]
 
 
-def test_nan_is_different_and_shapes_must_match(capsys):
+def test_an_expected_difference_prints_a_verdict_without_the_number(capsys):
+    x = torch.zeros(3)
+    assert compare("B ≠ 0 changes the outputs", x + 0.14, x, expect="different") == pytest.approx(0.14)
+    assert compare("B ≠ 0 changes the outputs", x + 0.02, x, atol=1e-3, expect="different") == pytest.approx(0.02)
+    compare("forgot to train", x + 2e-6, x, expect="different")
+    assert capsys.readouterr().out.splitlines() == [
+        "B ≠ 0 changes the outputs: different by more than 1e-05, as expected",
+        "B ≠ 0 changes the outputs: different by more than 0.001, as expected",
+        "forgot to train: EQUAL within 1e-05 (max abs diff 2.0e-06), but a difference was expected",
+    ]
+    with pytest.raises(ValueError, match="expect must be 'equal' or 'different', got 'same'"):
+        compare("x", x, x, expect="same")
+
+
+def test_nan_is_not_comparable_and_shapes_must_match(capsys):
     assert np.isnan(compare("nan", torch.tensor([float("nan")]), torch.tensor([1.0])))
-    assert capsys.readouterr().out == "nan: DIFFERENT (max abs diff nan)\n"
+    compare("nan, expecting a difference", torch.tensor([float("nan")]), torch.tensor([1.0]), expect="different")
+    compare("inf", torch.tensor([float("inf")]), torch.tensor([1.0]))
+    assert capsys.readouterr().out.splitlines() == [
+        "nan: NOT COMPARABLE (max abs diff nan: a NaN or an infinity in ours or the reference)",
+        "nan, expecting a difference: NOT COMPARABLE (max abs diff nan: a NaN or an infinity in ours or the reference)",
+        "inf: DIFFERENT (max abs diff inf > atol 1e-05)",
+    ]
     with pytest.raises(ValueError, match=r"logits: shapes differ, ours \(2, 3\) vs reference \(3, 2\)"):
         compare("logits", torch.zeros(2, 3), torch.zeros(3, 2))

@@ -62,11 +62,12 @@ def randomize_lora(model, std=0.02, seed=0):
                     p.copy_(torch.randn(p.shape, generator=generator) * std)
 
 
-def multitask_model(backbone, seed=0, r=4):
+def multitask_model(backbone, seed=0, r=4, alpha=8, target_modules=("query", "value")):
     encoder, tokenizer = backbone
     torch.manual_seed(seed)
     heads = {task: nn.Linear(encoder.config.hidden_size, n) for task, n in TASKS.items()}
-    return MultiTaskLoRAModel(TextEncoderTrunk(copy.deepcopy(encoder), tokenizer, max_length=32), heads, r=r, alpha=8)
+    trunk = TextEncoderTrunk(copy.deepcopy(encoder), tokenizer, max_length=32)
+    return MultiTaskLoRAModel(trunk, heads, target_modules, r=r, alpha=alpha)
 
 
 def no_dropout(model):
@@ -85,7 +86,7 @@ def test_lora_linear_shapes_init_and_identity_at_start():
     layer = LoRALinear(base, r=4, alpha=8)
     assert layer.A.shape == (4, 20) and layer.B.shape == (12, 4)
     assert layer.scaling == 2.0
-    assert torch.all(layer.B == 0) and layer.A.abs().max() <= 1 / math.sqrt(20)  # kaiming_uniform(a=√5)
+    assert torch.all(layer.B == 0)  # A's distribution: test_A_starts_uniform_on_plus_minus_one_over_sqrt_in_as_in_peft
     assert not base.weight.requires_grad and layer.A.requires_grad and layer.B.requires_grad
     x = torch.randn(3, 5, 20)
     assert torch.equal(layer(x), base(x))
@@ -98,6 +99,105 @@ def test_lora_linear_computes_base_plus_scaled_low_rank_update():
     x = torch.randn(3, 20)
     expected = x @ (layer.base.weight + 6 / 4 * layer.B @ layer.A).T + layer.base.bias
     torch.testing.assert_close(layer(x), expected)
+
+
+class OneLinear(nn.Module):
+    """The smallest model peft can wrap: one nn.Linear named ``proj``, in 24 != out 10."""
+
+    def __init__(self, in_features=24, out_features=10):
+        super().__init__()
+        self.proj = nn.Linear(in_features, out_features)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def peft_lora(model, tasks=("default",), **config):
+    """peft's LoRA on a copy of ``model``, one adapter per name in ``tasks``."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(target_modules=["proj"], **config)
+    peft_model = get_peft_model(copy.deepcopy(model), config, adapter_name=tasks[0])
+    for task in tasks[1:]:
+        peft_model.add_adapter(task, config)
+    return peft_model
+
+
+def uniform_law_checks(A, bound):
+    """A looks like n i.i.d. draws of U(-bound, bound): support, spread and shape (n = A.numel() >= 10,000)."""
+    n = A.numel()
+    assert A.abs().max() <= bound
+    assert A.abs().max() > 0.99 * bound  # P(no draw beyond 0.99 · bound) = 0.99^n < 1e-43
+    assert A.mean().abs() < 0.05 * bound  # standard error bound / sqrt(3n) < 0.006 · bound
+    assert A.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)  # standard error of the std < 0.5 %
+    quantiles = torch.quantile(A.abs().flatten() / bound, torch.tensor([0.25, 0.5, 0.75]))
+    torch.testing.assert_close(quantiles, torch.tensor([0.25, 0.5, 0.75]), atol=0.02, rtol=0)  # |A|/bound ~ U(0, 1)
+    assert n >= 10_000
+
+
+def test_A_starts_uniform_on_plus_minus_one_over_sqrt_in_as_in_peft():
+    """kaiming_uniform(a=√5) is U(-1/√in, 1/√in), nn.Linear's and peft's init; zeros, a small normal, a
+    bound from out_features or kaiming's default a=0 (bound √(6/in)) all fail these checks."""
+    torch.manual_seed(0)
+    model = OneLinear(256, 40)
+    bound = 1 / math.sqrt(256)
+    ours = LoRALinear(model.proj, r=64, alpha=8)
+    uniform_law_checks(ours.A.detach(), bound)
+    assert torch.all(ours.B == 0)
+    theirs = peft_lora(model, r=64, lora_alpha=8).base_model.model.proj
+    uniform_law_checks(theirs.lora_A["default"].weight.detach(), bound)  # peft draws from the same law
+    assert torch.all(theirs.lora_B["default"].weight == 0)
+    multi = MultiTaskLoRALinear(nn.Linear(256, 40), ["sentiment", "pos"], r=64, alpha=8)
+    for task in multi.tasks:
+        uniform_law_checks(multi.A[task].detach(), bound)
+        assert torch.all(multi.B[task] == 0)
+    assert not torch.equal(multi.A["sentiment"], multi.A["pos"])  # each task draws its own A
+
+
+def test_dropout_acts_on_the_input_of_the_update_as_in_peft_in_training_mode():
+    """y = base(x) + (α/r) B A dropout(x): with the same seed, peft's train-mode output to the last bits."""
+    torch.manual_seed(0)
+    model = OneLinear()
+    ours = apply_lora(copy.deepcopy(model), ["proj"], r=4, alpha=8, dropout=0.3)
+    randomize_lora(ours, std=0.3)
+    theirs = peft_lora(model, r=4, lora_alpha=8, lora_dropout=0.3)
+    copy_to_peft(ours, theirs)
+    x = torch.randn(5, 24)
+    ours.train(), theirs.train()
+    torch.manual_seed(1)
+    dropped = ours(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(dropped, theirs(x), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        assert not torch.allclose(dropped, ours.eval()(x), atol=1e-3)  # dropout did drop something
+
+
+def test_multitask_dropout_matches_peft_per_task_and_in_a_mixed_batch():
+    """Single-task batches equal peft's adapter in training mode; in a mixed batch, the rows of task t
+    equal peft's adapter t on the whole batch with the same seed (one dropout mask over the batch)."""
+    torch.manual_seed(0)
+    model, tasks = OneLinear(), ("sentiment", "pos")
+    ours = apply_lora(copy.deepcopy(model), ["proj"], r=4, alpha=8, dropout=0.3, tasks=tasks)
+    randomize_lora(ours, std=0.3)
+    theirs = peft_lora(model, tasks, r=4, lora_alpha=8, lora_dropout=0.3)
+    for task in tasks:
+        copy_to_peft(ours, theirs, adapter_name=task, task=task)
+    ours.train(), theirs.train()
+    x = torch.randn(6, 24)
+    names = ["pos", "sentiment", "pos", "pos", "sentiment", "sentiment"]
+    torch.manual_seed(1)
+    with task_routing(ours, names):
+        mixed = ours(x)
+    for task in tasks:
+        theirs.set_adapter(task)
+        torch.manual_seed(1)
+        with task_routing(ours, task):
+            alone = ours(x)
+        torch.manual_seed(1)
+        reference = theirs(x)
+        torch.testing.assert_close(alone, reference, rtol=0, atol=1e-6)
+        rows = [i for i, name in enumerate(names) if name == task]
+        torch.testing.assert_close(mixed[rows], reference[rows], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -187,8 +287,18 @@ def test_merge_and_unload_gives_the_plain_architecture_with_the_same_outputs(bac
 
 
 def test_a_pattern_matching_nothing_lists_the_linear_names(backbone):
-    with pytest.raises(ValueError, match=r"'qurey' matches no nn.Linear of this BertModel.*query.*value"):
+    with pytest.raises(ValueError, match=r"no nn.Linear matching target module 'qurey'.* in this BertModel; "
+                                         r"its nn.Linear layers \(37\) end with: dense, key, query, value"):
         apply_lora(copy.deepcopy(backbone[0]), ("qurey", "value"))
+
+
+def test_no_target_at_all_is_an_error_not_a_model_with_nothing_to_train(backbone):
+    with pytest.raises(ValueError, match=r"target_modules is empty.* in this BertModel; its nn.Linear layers \(37\) end with"):
+        apply_lora(copy.deepcopy(backbone[0]), [])
+    with pytest.raises(ValueError, match=r"target_modules is empty.* in this TextEncoderTrunk"):
+        multitask_model(backbone, target_modules=[])
+    with pytest.raises(ValueError, match=r"target module 'query'.* in this Sequential; it has no nn.Linear layer at all"):
+        apply_lora(nn.Sequential(nn.ReLU()), ["query"])
 
 
 def test_applying_lora_twice_is_an_error(backbone):
@@ -300,8 +410,12 @@ def test_save_and_load_one_task_reproduces_its_logits_exactly(backbone, tmp_path
         assert not torch.allclose(fresh(TEXTS, "sentiment"), trained(TEXTS, "sentiment"))
         fresh.load_task("sentiment", path)
         assert torch.equal(fresh(TEXTS, "sentiment"), trained(TEXTS, "sentiment"))
-    with pytest.raises(ValueError, match=r"\.A has shape \(4, 384\) in .* but \(2, 384\) here"):
+    with pytest.raises(ValueError, match=r"saved by a model with other settings: r='4' in the file but '2' here"):
         multitask_model(backbone, r=2).load_task("sentiment", path)  # another rank
+    with pytest.raises(ValueError, match=r"alpha='8' in the file but '16' here"):
+        multitask_model(backbone, alpha=16).load_task("sentiment", path)  # same shapes, another scaling α/r
+    with pytest.raises(ValueError, match=r"does not fit task 'sentiment'.*missing \['lora.encoder.encoder.layer.0.attention.self.key.A'"):
+        multitask_model(backbone, target_modules=("query", "key")).load_task("sentiment", path)
     with pytest.raises(ValueError, match=r"head.weight has shape \(3, 384\) in .* but \(4, 384\) here"):
         fresh.load_task("pos", path)  # the pos head has 4 classes, not 3: its keys match, shapes not
 

@@ -9,6 +9,7 @@ from mtl_tutorial.multitask_peft import (
     TaskRoutedLayer,
     check_task_names,
     make_routing,
+    no_target_error,
     set_active_task,
     task_routing,
 )
@@ -37,13 +38,17 @@ class PerTaskBias(TaskRoutedLayer):
 
 
 class ToyModel(MultiTaskPEFTModel):
-    def __init__(self):
+    def __init__(self, activation="relu"):
         torch.manual_seed(0)
-        trunk = nn.Sequential(PerTaskBias(nn.Linear(4, 5), TASKS), nn.ReLU())
+        trunk = nn.Sequential(PerTaskBias(nn.Linear(4, 5), TASKS), {"relu": nn.ReLU(), "tanh": nn.Tanh()}[activation])
         super().__init__(trunk, {"sentiment": nn.Linear(5, 3), "pos": nn.Linear(5, 4)})
+        self.activation = activation
 
     def task_peft_state_dict(self, task):
         return {"bias": self.trunk[0].bias[task]}
+
+    def task_metadata(self):
+        return {"activation": self.activation}
 
 
 def test_make_routing():
@@ -119,3 +124,38 @@ def test_load_rejects_a_file_of_another_shape_or_format(tmp_path):
     model.save_task("sentiment", tmp_path / "sentiment.safetensors")
     with pytest.raises(ValueError, match="head.weight has shape \\(3, 5\\) in .* but \\(4, 5\\) here"):
         model.load_task("pos", tmp_path / "sentiment.safetensors")
+
+
+def test_load_names_the_path_of_a_missing_damaged_or_foreign_file(tmp_path):
+    model = ToyModel()
+    with pytest.raises(FileNotFoundError, match=r"no saved task at .*missing.safetensors: the file does not exist"):
+        model.load_task("pos", tmp_path / "missing.safetensors")
+    model.save_task("pos", tmp_path / "pos.safetensors")
+    data = (tmp_path / "pos.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) - 16])  # a copy that stopped early
+    torch.save(model.task_state_dict("pos"), tmp_path / "pos.pt")  # torch's format, not safetensors
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    for name in ("truncated.safetensors", "pos.pt", "empty.safetensors"):
+        with pytest.raises(ValueError, match=rf".*{name} is not a task saved by save_task, or it is damaged \(safetensors: "):
+            model.load_task("pos", tmp_path / name)
+
+
+def test_load_refuses_a_file_saved_with_other_hyper_parameters(tmp_path):
+    """Same tensor names and shapes, another activation: loading would run the wrong model silently."""
+    ToyModel(activation="tanh").save_task("pos", tmp_path / "pos.safetensors")
+    model = ToyModel(activation="relu")
+    before = model.trunk[0].bias["pos"].detach().clone()
+    with pytest.raises(ValueError, match=r"pos.safetensors was saved by a model with other settings: "
+                                         r"activation='tanh' in the file but 'relu' here"):
+        model.load_task("pos", tmp_path / "pos.safetensors")
+    assert torch.equal(model.trunk[0].bias["pos"], before)  # nothing was half-loaded
+    ToyModel(activation="tanh").load_task("pos", tmp_path / "pos.safetensors")
+
+
+def test_no_target_error_says_what_it_looked_for_and_what_there_is():
+    model = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Linear(2, 1))
+    assert str(no_target_error(model, "nn.Linear matching 'query'")) == (
+        "found no nn.Linear matching 'query' in this Sequential; its nn.Linear layers (2) end with: 0, 1 (e.g. 0.0, 1)"
+    )
+    assert str(no_target_error(nn.ReLU(), "self-attention")).endswith("in this ReLU; it has no nn.Linear layer at all")
+    assert "it is a single nn.Linear" in str(no_target_error(nn.Linear(2, 2), "self-attention"))

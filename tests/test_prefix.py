@@ -159,6 +159,11 @@ def test_save_and_load_one_task_is_exact(backbone, tmp_path):
         torch.testing.assert_close(other(TEXTS, "pos"), model(TEXTS, "pos"), rtol=0, atol=0)
         torch.testing.assert_close(other(TEXTS, "sentiment"), before, rtol=0, atol=0)  # the other task untouched
     assert set(model.task_state_dict("pos")) == {"prefix.prefix", "head.weight", "head.bias"}
+    with pytest.raises(ValueError, match="other settings: num_virtual_tokens='3' in the file but '5' here"):
+        MultiTaskPrefixModel(TextEncoderTrunk(copy.deepcopy(backbone[0]), backbone[1]), {"pos": nn.Linear(384, 4)},
+                             num_virtual_tokens=5).load_task("pos", tmp_path / "pos.safetensors")
+    with pytest.raises(ValueError, match="other settings: projection_hidden='None' in the file but '16' here"):
+        make_model(backbone, projection_hidden=16).load_task("pos", tmp_path / "pos.safetensors")
 
 
 def test_clear_errors(backbone):
@@ -173,8 +178,14 @@ def test_clear_errors(backbone):
     assert model.trunk(TEXTS).shape == (4, 384)
     with pytest.raises(ValueError, match="supports encoders only, without past_key_values"):
         model.trunk.encoder.encoder.layer[0].attention.self(torch.zeros(1, 4, 384), past_key_values=object())
-    with pytest.raises(ValueError, match="found no BERT-style self-attention"):
+    with pytest.raises(ValueError, match=r"found no BERT-style self-attention .* in this Sequential; "
+                                         r"its nn.Linear layers \(1\) end with: 0"):
         apply_prefix(nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(ValueError, match="found no BERT-style self-attention .* in this Sequential"):
+        MultiTaskPrefixModel(nn.Sequential(nn.Linear(2, 2)), {"pos": nn.Linear(2, 4)})
+    with pytest.raises(ValueError, match=r"found no word embedding \(the nn.Embedding that get_input_embeddings\(\).*"
+                                         r"in this Sequential"):
+        PromptTunedEncoder(nn.Sequential(nn.Linear(2, 2)))
     with pytest.raises(ValueError, match="num_virtual_tokens must be an int >= 1"):
         PrefixEncoder(6, 12, 32, 0)
 
