@@ -169,6 +169,7 @@ def _min_norm_weights(gram: np.ndarray, tol: float = 1e-13) -> tuple[np.ndarray,
 
 
 def _spread(weights: np.ndarray, support: list[int], size: int) -> np.ndarray:
+    """The corral's weights as a (T,) vector on the simplex (0 off the support)."""
     full = np.zeros(size)
     full[support] = weights / weights.sum()
     return full
@@ -196,12 +197,12 @@ def _cagrad_inner_weights(matrix: np.ndarray, radius: float, tol: float = 1e-12)
         gradient = mean_dots + radius * (matrix @ w) / gw_norm
         return float(w @ gradient - gradient.min())
 
-    low, high, kappa, best = 0.0, math.inf, 1.0, None
+    low, high, kappa, best, best_gap = 0.0, math.inf, 1.0, None, math.inf
     for _ in range(200):
         shifted = (kappa**2 * matrix + kappa * (mean_dots[:, None] + mean_dots[None, :]) + g0_squared) / (1 + kappa) ** 2
         w, support = _min_norm_weights(shifted)
-        if best is None or gap(w) < gap(best):
-            best = w
+        if best is None or gap(w) < best_gap:
+            best, best_gap = w, gap(w)
         h = kappa * math.sqrt(max(w @ matrix @ w, 0.0))
         low, high = (kappa, high) if h < radius else (low, kappa)
         sub = matrix[np.ix_(support, support)]  # the corral's closed form: w(κ) = w0 + v / κ
@@ -216,9 +217,9 @@ def _cagrad_inner_weights(matrix: np.ndarray, radius: float, tol: float = 1e-12)
             if candidate.min() >= -1e-12:
                 candidate = np.maximum(candidate, 0.0)
                 candidate /= candidate.sum()
-                if gap(candidate) < gap(best):
-                    best = candidate
-        if gap(best) <= tol:
+                if gap(candidate) < best_gap:
+                    best, best_gap = candidate, gap(candidate)
+        if best_gap <= tol:
             return best
         if low < step < high:
             kappa = step
