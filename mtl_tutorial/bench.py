@@ -5,7 +5,8 @@
     mtl-tutorial bench solvers        the aggregators' weight solvers per call, T = 2, 4, 8, next to
                                       one forward + backward pass of chapter 06's model
 
-``forward_latency`` times inference (chapter 08 compares a merged LoRA model with an unmerged one).
+``forward_latency`` times inference (chapter 08 compares a merged LoRA model with an unmerged one);
+``examples_per_second`` times training set-ups side by side (chapter 04's schedules).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import copy
 import statistics
 import time
 import warnings
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -188,6 +189,47 @@ def step_time_table(times: Mapping[str, Mapping[str, float]], num_tasks: int) ->
         target = f"≤ {targets[mode]:.1f}" if mode else ""
         lines.append(f"{name:<24}{entry['seconds'] * 1000:>10.1f}{entry['ratio']:>10.2f}{target:>9}")
     return "\n".join(lines)
+
+
+def examples_per_second(
+    runs: Mapping[str, tuple[nn.Module, Iterable[MultiTaskBatch]]],
+    loss_fns: Mapping[str, LossFunction],
+    num_steps: int = 5,
+    rounds: int = 3,
+    lr: float = 1e-3,
+) -> dict[str, dict[str, float]]:
+    """Training throughput of several set-ups measured side by side (chapter 04's schedules).
+
+    runs: name -> (model, loader). The first ``num_steps`` batches of each loader are taken once
+    (so data loading is not timed); each round trains a copy of every model on its batches with
+    ``training.train``, the set-ups taking turns in an order that rotates every round, after one
+    untimed warm-up round. Returns name -> ``{"examples_per_s", "seconds_per_step",
+    "examples_per_step"}``, medians over ``rounds``.
+    """
+    if num_steps < 1 or rounds < 1:
+        raise ValueError(f"num_steps and rounds must be >= 1, got {num_steps} and {rounds}")
+    if not runs:
+        raise ValueError("runs is empty; pass {name: (model, loader)}")
+    prepared = {}
+    for name, (model, loader) in runs.items():
+        batches = [batch for batch, _ in zip(loader, range(num_steps))]
+        if len(batches) < num_steps:
+            raise ValueError(f"the loader of {name!r} yielded {len(batches)} batches; it needs at least num_steps = {num_steps}")
+        prepared[name] = (copy.deepcopy(model), batches, sum(len(batch.tasks) for batch in batches) / num_steps)
+    names = list(prepared)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(rounds + 1):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            model, batches, _ = prepared[name]
+            start = time.perf_counter()
+            train(model, batches, loss_fns, num_steps=num_steps, lr=lr, progress=False)
+            if round_ > 0:
+                times[name].append((time.perf_counter() - start) / num_steps)
+    results = {}
+    for name in names:
+        seconds, per_step = statistics.median(times[name]), prepared[name][2]
+        results[name] = {"examples_per_s": per_step / seconds, "seconds_per_step": seconds, "examples_per_step": per_step}
+    return results
 
 
 def _seconds_per_call(fn: Callable[[], object], calls: int, rounds: int = 5) -> float:

@@ -90,6 +90,22 @@ class History:
         for name, values in self.metrics.items():
             values.append(float(metrics.get(name, math.nan)))
 
+    def extend(self, later: History) -> None:
+        """Append a later run of the same tasks (a run continued in phases), its steps shifted to
+        follow this run's last step: step s of ``later`` becomes ``steps[-1] + s``."""
+        if later.tasks != self.tasks:
+            raise ValueError(f"cannot join runs of different tasks: {self.tasks} and {later.tasks}")
+        offset = self.steps[-1] if self.steps else 0
+        for k, step in enumerate(later.steps):
+            self.record_step(
+                offset + step,
+                {task: later.losses[task][k] for task in self.tasks},
+                {task: later.task_weights[task][k] for task in self.tasks},
+                later.total_loss[k],
+            )
+        for j, step in enumerate(later.eval_steps):
+            self.record_eval(offset + step, {name: values[j] for name, values in later.metrics.items()})
+
     def loss_curve(self, task: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, losses) of one task at the steps where it trained: two (K,) arrays."""
         return self._curve(self.losses, task)

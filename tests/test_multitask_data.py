@@ -1,5 +1,6 @@
 """MultiTaskDataset and its samplers: coverage per epoch, task frequencies, collation."""
 
+import math
 from collections import Counter
 
 import pytest
@@ -137,3 +138,94 @@ def test_collate_keeps_texts_as_a_list():
     batch = collate_multitask([dataset[0], dataset[1]])
     assert batch.inputs == ["good", "bad"] and batch.task == "sentiment"
     assert batch.targets.tolist() == [1, 0]
+
+
+# Sampling with replacement (T5-style temperature sampling): p_t is each task's share of the batches.
+
+def task_of_batches(dataset, batches):
+    return [dataset.locate(batch[0])[0] for batch in batches]
+
+
+@pytest.mark.parametrize(("strategy", "temperature"), [("proportional", 1.0), ("temperature", 2.0), ("temperature", 5.0), ("uniform", 1.0)])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_with_replacement_the_task_shares_follow_p_t(strategy, temperature, mixed):
+    sizes = {"big": 2000, "mid": 300, "small": 20}
+    dataset = make_dataset(sizes)
+    sampler = MultiTaskBatchSampler(dataset, 4, strategy, temperature, mixed=mixed, seed=1, replacement=True, num_batches=3000)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 3000 and all(len(batch) == 4 for batch in batches)
+    tasks = [dataset.locate(index)[0] for batch in batches for index in batch]
+    expected = task_probabilities(sizes, strategy, temperature)
+    for task, p in expected.items():
+        assert Counter(tasks)[task] / len(tasks) == pytest.approx(p, abs=0.02), task
+    if mixed:  # the task of each example is drawn, so batches mix tasks
+        assert sum(len({dataset.locate(i)[0] for i in batch}) > 1 for batch in batches) > 1000
+    else:
+        assert all(len({dataset.locate(i)[0] for i in batch}) == 1 for batch in batches)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_with_replacement_every_example_of_a_task_is_seen_once_before_any_is_repeated(mixed):
+    sizes = {"a": 10, "b": 7}
+    dataset = make_dataset(sizes)
+    sampler = MultiTaskBatchSampler(dataset, 3, "uniform", mixed=mixed, seed=4, replacement=True, num_batches=5)
+    stream = [index for _ in range(8) for batch in sampler for index in batch]  # 8 epochs: passes span epochs
+    for t, (task, size) in enumerate(sizes.items()):
+        own = [index - dataset.offsets[t] for index in stream if dataset.locate(index)[0] == task]
+        passes = [own[k : k + size] for k in range(0, len(own) - size + 1, size)]
+        assert len(passes) >= 3
+        assert all(sorted(one_pass) == list(range(size)) for one_pass in passes), task
+        assert passes[0] != passes[1]  # each pass is reshuffled
+        assert sampler.streams.passes[t] == math.ceil(len(own) / size)
+
+
+def test_with_replacement_same_seed_same_batches_and_another_seed_others():
+    dataset = make_dataset()
+    first = [list(MultiTaskBatchSampler(dataset, 5, "temperature", 3.0, seed=7, replacement=True, num_batches=40)) for _ in range(2)]
+    assert first[0] == first[1]
+    assert first[0] != list(MultiTaskBatchSampler(dataset, 5, "temperature", 3.0, seed=8, replacement=True, num_batches=40))
+
+
+def test_a_tiny_temperature_samples_the_largest_task_without_overflow():
+    dataset = make_dataset()
+    sampler = MultiTaskBatchSampler(dataset, 4, "temperature", 0.01, replacement=True, num_batches=200)
+    assert set(task_of_batches(dataset, sampler)) == {"big"}
+    assert task_probabilities({"a": 2200, "b": 220}, "temperature", 0.01)["a"] == 1.0
+
+
+def test_a_fixed_mix_sets_the_shares_and_is_validated():
+    dataset = make_dataset()
+    mix = {"big": 1.0, "mid": 0.0, "small": 3.0}
+    assert task_probabilities(dataset.sizes, mix) == {"big": 0.25, "mid": 0.0, "small": 0.75}
+    tasks = task_of_batches(dataset, MultiTaskBatchSampler(dataset, 2, mix, replacement=True, num_batches=4000))
+    assert "mid" not in tasks and Counter(tasks)["small"] / len(tasks) == pytest.approx(0.75, abs=0.02)
+    with pytest.raises(ValueError, match="have weight 0, but with replacement=False an epoch visits every example"):
+        MultiTaskBatchSampler(dataset, 2, mix)
+    without_zero = {"big": 1.0, "mid": 1.0, "small": 2.0}
+    covered = sorted(i for batch in MultiTaskBatchSampler(dataset, 2, without_zero) for i in batch)
+    assert covered == list(range(len(dataset)))  # one pass, the mix only sets the order
+    with pytest.raises(ValueError, match="unknown task\\(s\\) 'tiny'"):
+        task_probabilities(dataset.sizes, {**mix, "tiny": 1.0})
+    with pytest.raises(ValueError, match="no weight for task\\(s\\) 'mid'"):
+        task_probabilities(dataset.sizes, {"big": 1.0, "small": 1.0})
+    with pytest.raises(ValueError, match="finite numbers >= 0"):
+        task_probabilities(dataset.sizes, {"big": -1.0, "mid": 1.0, "small": 1.0})
+    with pytest.raises(ValueError, match="sum to 0"):
+        task_probabilities(dataset.sizes, dict.fromkeys(dataset.sizes, 0.0))
+
+
+def test_num_batches_goes_with_replacement_only():
+    dataset = make_dataset()
+    with pytest.raises(ValueError, match="num_batches .* must be a positive int, got None"):
+        MultiTaskBatchSampler(dataset, 4, replacement=True)
+    with pytest.raises(ValueError, match="num_batches is for replacement=True"):
+        MultiTaskBatchSampler(dataset, 4, num_batches=10)
+    loader = multitask_loader(dataset, 4, "uniform", replacement=True, num_batches=12, seed=0)
+    assert len(loader) == 12 and len(list(loader)) == 12
+
+
+def test_without_replacement_the_default_is_unchanged():
+    dataset = make_dataset()
+    default = list(MultiTaskBatchSampler(dataset, 8, "temperature", 2.0, seed=3))
+    explicit = list(MultiTaskBatchSampler(dataset, 8, "temperature", 2.0, seed=3, replacement=False))
+    assert default == explicit and sorted(i for batch in default for i in batch) == list(range(len(dataset)))

@@ -2,18 +2,28 @@
 
 ``MultiTaskDataset`` puts the tasks end to end: global index ``i`` belongs to the task whose
 range [offset_t, offset_t + N_t) holds it, so the index map covers every example of every task,
-once. ``MultiTaskBatchSampler`` turns it into batches; whatever the strategy, an epoch visits
-each example exactly once. The strategy only sets the *order*: while every task still has
-examples left in the epoch, the task of the next batch is drawn with probability
+once. ``MultiTaskBatchSampler`` turns it into batches, drawing the task of each batch (or of each
+example, ``mixed=True``) with probability
 
     proportional:  p_t = N_t / Σ_s N_s
-    uniform:       p_t = 1 / T            (round robin: tasks take turns)
+    uniform:       p_t = 1 / T
     temperature:   p_t ∝ N_t^(1/τ)        (τ = 1 is proportional, τ → ∞ is uniform, τ → 0 the largest task)
+    a fixed mix:   p_t = w_t / Σ_s w_s    (strategy given as a dict {task: w_t})
 
-and a task whose examples run out leaves the draw for the rest of the epoch: p is then the same
-rule over the tasks that remain. All three are p = softmax_t(log N_t / τ) (τ = 1, τ = ∞, the
-given τ), computed in log space because N_t^(1/τ) overflows a float for small τ (2200^100 > 10^308).
-Temperature sampling is the mixing rule of multilingual NMT and T5 (Arivazhagan et al. 2019; Raffel et al. 2020).
+The size-based rules are p = softmax_t(log N_t / τ) (τ = 1, τ = ∞, the given τ), computed in log
+space because N_t^(1/τ) overflows a float for small τ (2200^100 > 10^308).
+
+It has two modes, and they differ in what p_t controls:
+
+- ``replacement=False`` (default): one epoch is one pass over every example, so each task's share
+  of an epoch is N_t / Σ N_s whatever the strategy; the strategy only sets the *order*. While every
+  task has examples left, the next task is drawn from p_t (uniform: tasks take turns); a task that
+  runs out leaves the draw and p is the same rule over the tasks that remain.
+- ``replacement=True, num_batches=N``: temperature sampling as in multilingual NMT and T5
+  (Arivazhagan et al. 2019; Raffel et al. 2020). An epoch is N batches whose tasks are drawn i.i.d.
+  from p_t, so p_t *is* each task's share: small tasks are revisited, large ones under-sampled.
+  Within a task, examples are drawn without replacement during a pass over that task and
+  reshuffled when it runs out, so every example is seen once before any is seen again.
 """
 
 from __future__ import annotations
@@ -109,16 +119,26 @@ class MultiTaskDataset(Dataset):
         return MultiTaskItem(task, local, example_input, target)
 
 
+Strategy = str | Mapping[str, float]
+"""``"proportional"``, ``"uniform"``, ``"temperature"``, or a fixed mix ``{task: weight}``."""
+
+
 def task_probabilities(
-    sizes: Mapping[str, int], strategy: str = "proportional", temperature: float = 2.0
+    sizes: Mapping[str, int], strategy: Strategy = "proportional", temperature: float = 2.0
 ) -> dict[str, float]:
     """p_t of each strategy (module docstring): task name -> probability, summing to 1.
 
     sizes: task name -> N_t. ``temperature`` (τ > 0, any size: computed in log space) is used by the
-    ``temperature`` strategy only.
+    ``temperature`` strategy only. A dict strategy gives a weight w_t ≥ 0 per task of ``sizes``
+    (extra tasks are an error), normalised to p_t = w_t / Σ_s w_s.
     """
+    if isinstance(strategy, Mapping):
+        return _fixed_mix(sizes, strategy)
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; strategies are: {', '.join(STRATEGIES)}")
+        raise ValueError(
+            f"unknown strategy {strategy!r}; strategies are: {', '.join(STRATEGIES)}, or a dict "
+            f"{{task: weight}} for a fixed mix"
+        )
     if strategy == "temperature" and not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
     exponent = {"proportional": 1.0, "uniform": 0.0, "temperature": 1.0 / temperature}[strategy]
@@ -127,32 +147,106 @@ def task_probabilities(
     return dict(zip(sizes, probabilities.tolist()))
 
 
-class MultiTaskBatchSampler(Sampler[list[int]]):
-    """Batches of global indices of a ``MultiTaskDataset``; each epoch covers every example once.
+def _fixed_mix(sizes: Mapping[str, int], mix: Mapping[str, float]) -> dict[str, float]:
+    """p_t = w_t / Σ_s w_s over the tasks of ``sizes``; every task needs a finite weight ≥ 0."""
+    unknown = [task for task in mix if task not in sizes]
+    if unknown:
+        raise ValueError(f"the mix names unknown task(s) {', '.join(map(repr, unknown))}; tasks are: {', '.join(sizes)}")
+    missing = [task for task in sizes if task not in mix]
+    if missing:
+        raise ValueError(f"the mix has no weight for task(s) {', '.join(map(repr, missing))}; give every task a weight")
+    bad = {task: w for task, w in mix.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0)}
+    if bad:
+        raise ValueError(f"mix weights must be finite numbers >= 0, got {bad}")
+    total = sum(mix[task] for task in sizes)
+    if total <= 0:
+        raise ValueError(f"the mix weights of tasks {', '.join(sizes)} sum to 0; give at least one a positive weight")
+    return {task: mix[task] / total for task in sizes}
 
-    Single-task batches (default): a batch holds ``batch_size`` examples of one task (the last
-    batch of a task may be smaller); the task of each batch follows the strategy.
-    ``mixed=True``: the task of each *example* follows the strategy and consecutive examples form
-    the batches, so one batch mixes tasks. Examples are shuffled within each task every epoch;
-    iterating again starts the next epoch (new shuffle). Same seed, same batches.
+
+class TaskStreams:
+    """Per task, an endless stream of global indices: pass after pass over the task's examples,
+    each pass a fresh permutation. ``take(t, k)`` returns the next k of task t, so every example
+    of a task is seen once before any is seen twice; ``passes[t]`` counts the passes started.
+    (A batch larger than N_t necessarily holds an example twice.)"""
+
+    def __init__(self, dataset: MultiTaskDataset, rng: np.random.Generator) -> None:
+        self.dataset, self.rng = dataset, rng
+        self.sizes = list(dataset.sizes.values())
+        self.orders = [np.empty(0, dtype=np.int64) for _ in self.sizes]
+        self.cursors = [0] * len(self.sizes)
+        self.passes = [0] * len(self.sizes)
+
+    def take(self, task: int, count: int) -> list[int]:
+        taken: list[int] = []
+        while len(taken) < count:
+            if self.cursors[task] == len(self.orders[task]):
+                self.orders[task] = self.dataset.offsets[task] + self.rng.permutation(self.sizes[task])
+                self.cursors[task] = 0
+                self.passes[task] += 1
+            start = self.cursors[task]
+            stop = min(start + count - len(taken), len(self.orders[task]))
+            taken += self.orders[task][start:stop].tolist()
+            self.cursors[task] = stop
+        return taken
+
+
+def check_num_batches(num_batches: object) -> None:
+    """Raise unless ``num_batches`` (batches per epoch when sampling with replacement) is a positive int."""
+    if not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1:
+        raise ValueError(
+            f"num_batches (batches per epoch when sampling with replacement) must be a positive int, "
+            f"got {num_batches!r}"
+        )
+
+
+class MultiTaskBatchSampler(Sampler[list[int]]):
+    """Batches of global indices of a ``MultiTaskDataset`` (the two modes: module docstring).
+
+    Single-task batches (default): a batch holds ``batch_size`` examples of one task, the task
+    drawn from the strategy (without replacement the last batch of a task may be smaller).
+    ``mixed=True``: the task of each *example* is drawn instead, so one batch mixes tasks.
+    ``replacement=False``: an epoch covers every example exactly once, reshuffled every epoch;
+    ``replacement=True``: an epoch is ``num_batches`` batches, tasks drawn i.i.d. from p_t, and
+    each task's pass over its examples continues across epochs (``streams.passes`` counts them).
+    Iterating again starts the next epoch. Same seed, same batches.
     """
 
     def __init__(
         self,
         dataset: MultiTaskDataset,
         batch_size: int,
-        strategy: str = "proportional",
+        strategy: Strategy = "proportional",
         temperature: float = 2.0,
         mixed: bool = False,
         seed: int = 0,
+        replacement: bool = False,
+        num_batches: int | None = None,
     ) -> None:
         check_batch_size(batch_size)
+        if replacement:
+            check_num_batches(num_batches)
+        elif num_batches is not None:
+            raise ValueError(
+                "num_batches is for replacement=True; with replacement=False an epoch is one pass over "
+                f"every example ({len(dataset)} examples), so its length follows from the data"
+            )
         self.dataset, self.batch_size, self.mixed, self.seed = dataset, batch_size, mixed, seed
         self.strategy, self.temperature = strategy, temperature
+        self.replacement, self.num_batches = replacement, num_batches
         self.probabilities = task_probabilities(dataset.sizes, strategy, temperature)
+        if not replacement and isinstance(strategy, Mapping) and min(self.probabilities.values()) == 0:
+            never = [task for task, p in self.probabilities.items() if p == 0]
+            raise ValueError(
+                f"task(s) {', '.join(never)} have weight 0, but with replacement=False an epoch visits "
+                f"every example; give them a weight > 0, drop them, or sample with replacement=True"
+            )
+        self.streams = TaskStreams(dataset, np.random.default_rng([seed, 2**31]))
         self.epoch = 0
 
     def __len__(self) -> int:
+        if self.replacement:
+            return self.num_batches
         if self.mixed:
             return math.ceil(len(self.dataset) / self.batch_size)
         return sum(math.ceil(size / self.batch_size) for size in self.dataset.sizes.values())
@@ -181,12 +275,18 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         """(T,) p_t of the strategy over the tasks with units remaining (0 for the others)."""
         sizes = self.dataset.sizes
         active = {task: sizes[task] for task, left in zip(self.dataset.tasks, remaining) if left > 0}
-        active_p = task_probabilities(active, self.strategy, self.temperature)
+        strategy = self.strategy
+        if isinstance(strategy, Mapping):
+            strategy = {task: strategy[task] for task in active}
+        active_p = task_probabilities(active, strategy, self.temperature)
         return np.array([active_p.get(task, 0.0) for task in self.dataset.tasks])
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
+        if self.replacement:
+            yield from self._sample_with_replacement(rng)
+            return
         queues = [
             (self.dataset.offsets[t] + rng.permutation(size)).tolist()
             for t, size in enumerate(self.dataset.sizes.values())
@@ -201,6 +301,15 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
             for t in self._task_order(counts, rng):
                 batch, queues[t] = queues[t][: self.batch_size], queues[t][self.batch_size :]
                 yield batch
+
+    def _sample_with_replacement(self, rng: np.random.Generator) -> Iterator[list[int]]:
+        """``num_batches`` batches, each batch's (or example's) task drawn i.i.d. from p_t."""
+        p = np.array(list(self.probabilities.values()))
+        for _ in range(self.num_batches):
+            if self.mixed:
+                yield [self.streams.take(int(t), 1)[0] for t in rng.choice(len(p), size=self.batch_size, p=p)]
+            else:
+                yield self.streams.take(int(rng.choice(len(p), p=p)), self.batch_size)
 
 
 @dataclass
@@ -252,11 +361,13 @@ def collate_multitask(items: Sequence[MultiTaskItem]) -> MultiTaskBatch:
 def multitask_loader(
     dataset: MultiTaskDataset,
     batch_size: int,
-    strategy: str = "proportional",
+    strategy: Strategy = "proportional",
     temperature: float = 2.0,
     mixed: bool = False,
     seed: int = 0,
+    replacement: bool = False,
+    num_batches: int | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` of ``MultiTaskBatch``es driven by a ``MultiTaskBatchSampler`` (same arguments)."""
-    sampler = MultiTaskBatchSampler(dataset, batch_size, strategy, temperature, mixed, seed)
+    sampler = MultiTaskBatchSampler(dataset, batch_size, strategy, temperature, mixed, seed, replacement, num_batches)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_multitask)
