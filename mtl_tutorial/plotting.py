@@ -5,6 +5,7 @@ Pass ``ax=`` to draw into an existing figure; without it a new figure is made (`
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 
+from mtl_tutorial.data import task_probabilities
 from mtl_tutorial.objectives import LossFn, ScalarizationSweep, pareto_front, scalarization_sweep
 from mtl_tutorial.training import History
 
@@ -150,3 +152,32 @@ def plot_mean_std(
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.legend()
     return ax
+
+def plot_task_mix(
+    sizes: Mapping[str, int],
+    temperature: float,
+    num_examples: int | None = None,
+    measured: Mapping[str, float] | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """Temperature sampling's task shares p_t ∝ N_t^(1/τ) as bars (τ = inf: uniform), one per task.
+
+    sizes: task -> N_t. num_examples: examples a run draws in all; each bar is then labelled with
+    the passes per example it implies, num_examples · p_t / N_t. measured: task -> share a sampler
+    actually drew, shown as dots on the bars.
+    """
+    shares = task_probabilities(sizes, "temperature", temperature)
+    ax = _axes(ax, (5.0, 3.5))
+    tasks = list(sizes)
+    bars = ax.bar(tasks, [shares[t] for t in tasks], color="tab:blue", alpha=0.7, label="p_t")
+    if num_examples is not None:
+        labels = [f"{num_examples * shares[t] / sizes[t]:.1f} passes" for t in tasks]
+        ax.bar_label(bars, labels, padding=2)
+    if measured is not None:
+        ax.plot(tasks, [measured[t] for t in tasks], "ko", label="drawn by the sampler")
+    ax.set(ylim=(0, 1.1), ylabel="share of the batches", xlabel="task (N_t training examples)",
+           title=f"τ = {'∞ (uniform)' if math.isinf(temperature) else f'{temperature:g}'}: p_t ∝ N_t^(1/τ)")
+    ax.set_xticks(range(len(tasks)), [f"{t}\n(N = {sizes[t]:,})" for t in tasks])
+    ax.legend(loc="upper left")
+    return ax
+

@@ -78,8 +78,10 @@ def test_task_probabilities_formulas():
     assert task_probabilities(sizes, "temperature", temperature=2.0) == pytest.approx({"a": 1 / 3, "b": 2 / 3})
     with pytest.raises(ValueError, match="unknown strategy 'random'; strategies are: proportional"):
         task_probabilities(sizes, "random")
-    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
-        task_probabilities(sizes, "temperature", temperature=0.0)
+    assert task_probabilities(sizes, "temperature", temperature=math.inf) == pytest.approx({"a": 0.5, "b": 0.5})
+    for bad in (0.0, -1.0, math.nan):
+        with pytest.raises(ValueError, match="temperature must be > 0 \\(math.inf for uniform\\)"):
+            task_probabilities(sizes, "temperature", temperature=bad)
 
 
 def test_temperature_one_is_proportional_and_a_small_temperature_picks_the_largest_task():

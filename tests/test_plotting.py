@@ -72,3 +72,18 @@ def test_mean_std_plot_checks_shapes():
     assert ax.get_legend().get_texts()[0].get_text() == "shared"
     with pytest.raises(ValueError, match=r"shape \(repeats, 2\)"):
         plot_mean_std([0, 1], {"shared": np.zeros(2)}, "x", "y")
+
+def test_task_mix_bars_are_the_sampling_shares_labelled_with_passes_per_example():
+    from mtl_tutorial.plotting import plot_task_mix
+
+    sizes = {"big": 2200, "small": 220}
+    ax = plot_task_mix(sizes, 2.0, num_examples=48_000, measured={"big": 0.7, "small": 0.3})
+    heights = [bar.get_height() for bar in ax.patches]
+    expected_small = 220**0.5 / (2200**0.5 + 220**0.5)  # p_t ∝ N_t^(1/τ), τ = 2
+    assert heights == pytest.approx([1 - expected_small, expected_small])
+    labels = [text.get_text() for text in ax.texts]
+    assert labels == [f"{48_000 * (1 - expected_small) / 2200:.1f} passes", f"{48_000 * expected_small / 220:.1f} passes"]
+    assert ax.lines[0].get_ydata().tolist() == [0.7, 0.3]
+    uniform = plot_task_mix(sizes, float("inf"))
+    assert [bar.get_height() for bar in uniform.patches] == pytest.approx([0.5, 0.5])
+    assert "∞ (uniform)" in uniform.get_title()

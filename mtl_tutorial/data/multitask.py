@@ -128,8 +128,8 @@ def task_probabilities(
 ) -> dict[str, float]:
     """p_t of each strategy (module docstring): task name -> probability, summing to 1.
 
-    sizes: task name -> N_t. ``temperature`` (τ > 0, any size: computed in log space) is used by the
-    ``temperature`` strategy only. A dict strategy gives a weight w_t ≥ 0 per task of ``sizes``
+    sizes: task name -> N_t. ``temperature`` (τ > 0, any size: computed in log space; ``math.inf``
+    gives uniform) is used by the ``temperature`` strategy only. A dict strategy gives a weight w_t ≥ 0 per task of ``sizes``
     (extra tasks are an error), normalised to p_t = w_t / Σ_s w_s.
     """
     if isinstance(strategy, Mapping):
@@ -139,8 +139,8 @@ def task_probabilities(
             f"unknown strategy {strategy!r}; strategies are: {', '.join(STRATEGIES)}, or a dict "
             f"{{task: weight}} for a fixed mix"
         )
-    if strategy == "temperature" and not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
+    if strategy == "temperature" and not temperature > 0:  # τ = inf is allowed: 1/τ = 0, uniform
+        raise ValueError(f"temperature must be > 0 (math.inf for uniform), got {temperature!r}")
     exponent = {"proportional": 1.0, "uniform": 0.0, "temperature": 1.0 / temperature}[strategy]
     log_sizes = torch.tensor([float(size) for size in sizes.values()], dtype=torch.float64).log()
     probabilities = torch.softmax(exponent * log_sizes, dim=0)
