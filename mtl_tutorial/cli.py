@@ -1,4 +1,4 @@
-"""The ``mtl-tutorial`` command: ``doctor``, ``list``, ``run`` and ``bench``.
+"""The ``mtl-tutorial`` command: ``doctor``, ``list``, ``run``, ``bench``, ``assign`` and ``grade``.
 
     mtl-tutorial doctor                 is this machine ready for the course?
     mtl-tutorial list                   the chapters, with measured runtimes
@@ -6,6 +6,8 @@
     mtl-tutorial bench lora             time our LoRA step against peft's
     mtl-tutorial bench aggregators      time PCGrad, MGDA, CAGrad steps against equal weighting
     mtl-tutorial bench solvers          time the aggregators' weight solvers for T = 2, 4, 8 tasks
+    mtl-tutorial assign                 build the assignments' student versions in build/assignments/
+    mtl-tutorial grade alice/06_*.ipynb autograde submissions, print a score table per submission
 """
 
 from __future__ import annotations
@@ -167,11 +169,52 @@ def bench_command(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args, prog="mtl-tutorial bench")
 
 
+def assign_command(args: argparse.Namespace) -> int:
+    """Write the student versions (solutions and hidden tests removed) of the chosen assignments."""
+    from mtl_tutorial.chapters import project_root
+    from mtl_tutorial.grading import AssignmentError, assignments_folder, build_student_versions
+
+    output = Path(args.output) if args.output else project_root() / "build" / "assignments"
+    if output.resolve() == assignments_folder().resolve():
+        print(f"error: --output {args.output} is where the instructor sources live; choose another folder",
+              file=sys.stderr)
+        return 2
+    try:
+        written = build_student_versions(output, args.assignments)
+    except AssignmentError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"student version: {path}")
+    print(f"{len(written)} assignment(s) in {output}: hand these out; grade the returned notebooks with "
+          "mtl-tutorial grade SUBMISSION.ipynb")
+    return 0
+
+
+def grade_command(args: argparse.Namespace) -> int:
+    """Autograde each submission in a fresh kernel; print its score table. Exit 2 if a file was unusable."""
+    from mtl_tutorial.grading import AssignmentError, format_report, grade
+
+    unusable, graded = 0, 0
+    for path in args.submissions:
+        try:
+            report, _ = grade(Path(path), timeout=args.timeout)
+        except AssignmentError as err:
+            print(f"error: {err}", file=sys.stderr)
+            unusable += 1
+            continue
+        print(("\n" if graded else "") + format_report(report), flush=True)
+        graded += 1
+    return 2 if unusable else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from mtl_tutorial.grading import DEFAULT_CELL_TIMEOUT_S  # a light module: nbgrader loads when grading
+
     parser = argparse.ArgumentParser(
         prog="mtl-tutorial", description="Multi-task learning for large models: the course's command."
     )
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run,bench}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run,bench,assign,grade}")
 
     p = verbs.add_parser("doctor", help="check this machine is ready for the course",
                          description="Check versions, device, backbone, data and mode.")
@@ -201,6 +244,29 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Time training steps; see mtl-tutorial bench --help.")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=bench_command)
+
+    p = verbs.add_parser(
+        "assign", help="build the student versions of the graded assignments",
+        description="Build the student versions of notebooks/assignments/ with nbgrader's preprocessors: "
+        "solutions replaced by stubs, hidden tests and outputs removed, cells locked.",
+    )
+    p.add_argument("assignments", nargs="*", metavar="ASSIGNMENT",
+                   help="assignment numbers (06) or names (06_gradient_alignment); none means all")
+    p.add_argument("--output", metavar="DIR", help="where the student versions go (default build/assignments/)")
+    p.set_defaults(func=assign_command)
+
+    p = verbs.add_parser(
+        "grade", help="autograde submitted assignment notebooks",
+        description="Autograde each submission in a fresh kernel, in a temporary folder that holds only the "
+        "submission, with its tests (hidden ones included) restored from the instructor source; print "
+        "the points of each graded cell and a total. This runs the learner's code: grade untrusted "
+        "submissions in a container or as a separate user.",
+    )
+    p.add_argument("submissions", nargs="+", metavar="SUBMISSION.ipynb", help="submitted notebooks")
+    p.add_argument("--timeout", type=_seconds, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
+                   help="seconds one cell may run before it is stopped and scores 0 "
+                   f"(default {DEFAULT_CELL_TIMEOUT_S})")
+    p.set_defaults(func=grade_command)
     return parser
 
 

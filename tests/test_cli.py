@@ -29,7 +29,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def test_every_verb_has_help():
-    for verb in ([], ["doctor"], ["list"], ["run"], ["bench"]):
+    for verb in ([], ["doctor"], ["list"], ["run"], ["bench"], ["assign"], ["grade"]):
         result = subprocess.run(["mtl-tutorial", *verb, "--help"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert "usage: mtl-tutorial" in result.stdout

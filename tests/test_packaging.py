@@ -33,6 +33,7 @@ def test_pinned_ranges_keep_the_known_pitfalls_out():
     assert deps["torch"].specifier.contains("2.13.0")
     assert deps["transformers"].specifier.contains("5.23.0")
     assert not deps["transformers"].specifier.contains("5.24.0"), "peft prefix-tuning breaks on 5.24.0"
+    assert deps["nbgrader"].specifier.contains("0.9.6"), "mtl_tutorial.grading is tested with nbgrader 0.9.6"
 
 
 def _fenced_commands(text):

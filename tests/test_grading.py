@@ -1,0 +1,246 @@
+"""Assignments: student versions, autograding, and the mistakes the tests must name.
+
+Each graded notebook runs in a fresh kernel (a few seconds), so the expensive work happens once per
+session and side by side: ``commands`` starts ``mtl-tutorial grade`` on the mistake fixtures and
+``nbgrader validate`` on the sources in the background, while ``graded`` grades the instructor and
+student versions in-process, two at a time.
+"""
+
+import json
+import re
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mtl_tutorial import cli
+from mtl_tutorial.grading import build_student_versions, grade, graded_cells, list_assignments
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = list_assignments(ROOT)
+SUBMISSIONS = Path(__file__).resolve().parent / "fixtures" / "submissions"
+NAMES = [p.stem for p in SOURCES]
+LOOP_TIMEOUT_S = 10  # long enough for `import torch` on a loaded machine, short enough for CI
+
+# fixture submission -> (its assignment, the part it gets wrong, words the failure message must contain)
+MISTAKES = {
+    "01_averaged_optima.ipynb": ("01_multitask_objective", "a01_optimum", "not simply λa_1 + (1-λ)a_2"),
+    "02_first_rows_as_targets.ipynb": ("02_hard_parameter_sharing", "a02_loss", "targets[positions], not the first rows"),
+    "05_no_regulariser.ipynb": ("05_dynamic_task_weighting", "a05_uncertainty", "the + s_t / 2 term"),
+    "06_projected_twice.ipynb": ("06_gradient_alignment", "a06_pcgrad", "off the *original* other gradient"),
+    "07_no_residual.ipynb": ("07_adapter_tuning", "a07_forward", "keep the residual h"),
+    "08_scaled_by_alpha.ipynb": ("08_lora", "a08_forward", "scale the update by α/r"),
+    "09_scaled_by_hidden_size.ipynb": ("09_prefix_tuning", "a09_attention", "d the HEAD size"),
+}
+
+
+def _nbgrader(cell):
+    return cell.metadata.get("nbgrader", {})
+
+
+@pytest.fixture(scope="session")
+def student_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("student")
+    assert cli.main(["assign", "--output", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def commands(tmp_path_factory):
+    """Background processes: ``mtl-tutorial grade`` on the mistake fixtures plus a submission whose
+    learner rewrote the failing test cell to pass and whose kernel dies in the next part, and
+    ``nbgrader validate`` on the instructor sources."""
+    folder = tmp_path_factory.mktemp("crash")
+    notebook = nbformat.read(SUBMISSIONS / "06_projected_twice.ipynb", as_version=4)
+    for cell in notebook.cells:
+        if _nbgrader(cell).get("grade_id") == "a06_pcgrad":
+            cell.source = "print('part 1: tests pass')"
+        if _nbgrader(cell).get("grade_id") == "a06_mgda_code":
+            cell.source = "import os\nos._exit(1)  # the kernel dies here"
+    nbformat.write(notebook, folder / "06_crash.ipynb")
+    paths = [str(SUBMISSIONS / name) for name in MISTAKES] + [str(folder / "06_crash.ipynb")]
+    started = {
+        "grade": subprocess.Popen(["mtl-tutorial", "grade", *paths], cwd=ROOT, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+        "validate": subprocess.Popen(["nbgrader", "validate", *map(str, SOURCES)], cwd=ROOT / "notebooks" / "assignments",
+                                     text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+    }
+    finished = {}
+
+    def result(name):
+        if name not in finished:
+            stdout, stderr = started[name].communicate(timeout=300)
+            finished[name] = subprocess.CompletedProcess(started[name].args, started[name].returncode, stdout, stderr)
+        return finished[name]
+
+    yield result
+    for process in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+@pytest.fixture(scope="session")
+def graded(commands, student_dir):
+    """(kind, name) -> (Report, executed notebook, seconds): instructor and student versions and an
+    endless loop, graded two at a time."""
+    jobs = {("instructor", p.stem): (p, 30) for p in SOURCES}
+    jobs.update({("student", p.stem): (student_dir / p.name, 30) for p in SOURCES})
+    jobs[("loop", "06")] = (SUBMISSIONS / "06_endless_loop.ipynb", LOOP_TIMEOUT_S)
+
+    def run(job):
+        path, timeout = job
+        start = time.perf_counter()
+        report, notebook = grade(path, timeout=timeout, root=ROOT)
+        return report, notebook, time.perf_counter() - start
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(jobs, pool.map(run, jobs.values())))
+
+
+@pytest.fixture(scope="session")
+def cli_run(commands):
+    """(the finished ``mtl-tutorial grade`` process, submission file name -> its score table)."""
+    result = commands("grade")
+    tables = {Path(block.split("  ", 1)[0]).name: block for block in result.stdout.strip().split("\n\n")}
+    return result, tables
+
+
+def _row(table: str, grade_id: str) -> str:
+    return next(line for line in table.splitlines() if line.strip().startswith(grade_id + " "))
+
+
+def test_each_assignment_has_3_to_5_autograded_parts_one_written_answer_and_unique_ids():
+    assert [name[:2] for name in NAMES] == ["01", "02", "05", "06", "07", "08", "09"]
+    chapters = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+    seen = set()
+    for path in SOURCES:
+        assert path.stem in chapters, f"{path.name} is named like no chapter"
+        notebook = nbformat.read(path, as_version=4)
+        ids = [_nbgrader(c)["grade_id"] for c in notebook.cells]
+        assert all(_nbgrader(c).get("schema_version") == 3 for c in notebook.cells), "nbgrader v3 metadata on every cell"
+        assert not seen & set(ids) and len(set(ids)) == len(ids), "grade ids identify the assignment: keep them unique"
+        seen |= set(ids)
+        tests = [c for c in graded_cells(notebook) if c.cell_type == "code"]
+        answers = [c for c in graded_cells(notebook) if c.cell_type == "markdown" and _nbgrader(c)["solution"]]
+        assert 3 <= len(tests) <= 5 and len(answers) == 1
+        for cell in tests:
+            assert "### BEGIN HIDDEN TESTS" in cell.source and "### END HIDDEN TESTS" in cell.source
+            assert "from mtl_tutorial" in cell.source, "tests compare with the package's reference implementation"
+        assert not any(c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "commit sources without outputs"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_instructor_version_scores_full_points(graded, name):
+    report, notebook, _ = graded[("instructor", name)]
+    assert report.score == report.max_score == 8, [(c.grade_id, c.message) for c in report.cells]
+    assert [c.message for c in report.cells if c.by_hand] == ["written answer: graded by hand"]
+    assert all(c.execution_count is not None for c in notebook.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_student_version_runs_to_the_end_and_every_graded_cell_fails_cleanly(graded, student_dir, name):
+    report, notebook, _ = graded[("student", name)]
+    assert all(c.execution_count is not None for c in notebook.cells if c.cell_type == "code"), "ran to the end"
+    for cell in report.cells:
+        assert cell.score == 0, cell
+        expected = "not answered" if cell.by_hand else "NotImplementedError: not written yet"
+        assert cell.message.startswith(expected), cell
+    released = (student_dir / f"{name}.ipynb").read_text()
+    instructor = nbformat.read(ROOT / "notebooks" / "assignments" / f"{name}.ipynb", as_version=4)
+    for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "for trial in"):
+        assert marker not in released, f"{marker!r} leaked into the student version"
+    answer = next(c.source for c in instructor.cells if c.cell_type == "markdown" and _nbgrader(c).get("solution"))
+    assert answer[:40] not in released
+    student = nbformat.read(student_dir / f"{name}.ipynb", as_version=4)
+    assert all(_nbgrader(c).get("checksum") for c in graded_cells(student)), "nbgrader checksums"
+    assert all(c.metadata.get("editable") is False for c in student.cells if _nbgrader(c).get("locked"))
+
+
+@pytest.mark.parametrize("fixture", list(MISTAKES))
+def test_one_mistake_costs_its_part_and_the_message_names_it(cli_run, fixture):
+    result, tables = cli_run
+    assert result.returncode == 0, result.stderr
+    assignment, part, words = MISTAKES[fixture]
+    table = tables[fixture]
+    assert f"(assignment {assignment})" in table.splitlines()[0]
+    assert re.search(r"0 / 3 +AssertionError: your .* is -?\d+\.\d{4}, expected -?\d+\.\d{4}: ", _row(table, part))
+    assert words in _row(table, part)
+    assert table.splitlines()[-1] == "total  5 / 8"
+    assert sum(1 for line in table.splitlines() if line.endswith(" ok")) == 2
+
+
+def test_a_submission_whose_kernel_dies_is_graded_and_the_command_exits_0(cli_run):
+    result, tables = cli_run
+    assert result.returncode == 0, result.stderr
+    table = tables["06_crash.ipynb"]
+    assert "0 / 3    did not run: the kernel died in an earlier cell" in _row(table, "a06_mgda")
+    assert "did not run" in _row(table, "a06_cosine")
+    assert table.splitlines()[-1] == "total  0 / 8"
+
+
+def test_an_endless_loop_is_stopped_by_the_cell_timeout_and_graded(graded):
+    report, notebook, seconds = graded[("loop", "06")]
+    scores = {c.grade_id: (c.score, c.message) for c in report.cells}
+    assert scores["a06_cosine"] == (0, f"stopped after {LOOP_TIMEOUT_S} s, the time limit per cell (an endless loop?)")
+    assert scores["a06_pcgrad"] == (3, "") and scores["a06_mgda"] == (3, "")
+    assert notebook.cells[-1].cell_type == "markdown" and seconds < 60
+
+
+def test_grading_restores_the_tests_a_learner_edited(cli_run):
+    _, tables = cli_run
+    assert "0 / 3    AssertionError: your α for task 1 is" in _row(tables["06_crash.ipynb"], "a06_pcgrad")
+
+
+def test_nbgrader_validate_passes_on_the_instructor_versions(commands):
+    result = commands("validate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Success! Your notebook passes all the tests.") == len(SOURCES), result.stdout
+
+
+def test_grade_explains_files_it_cannot_grade(tmp_path, capsys):
+    foreign = nbformat.read(SUBMISSIONS / "08_scaled_by_alpha.ipynb", as_version=4)
+    for cell in foreign.cells:
+        if _nbgrader(cell):
+            cell.metadata.nbgrader["grade_id"] = "another_course_" + cell.metadata.nbgrader["grade_id"]
+    nbformat.write(foreign, tmp_path / "foreign.ipynb")
+    (tmp_path / "notes.ipynb").write_text("not json")
+    paths = [tmp_path / "missing.ipynb", tmp_path / "notes.ipynb", ROOT / "notebooks" / "00_getting_started.ipynb",
+             tmp_path / "foreign.ipynb"]
+    assert cli.main(["grade", *map(str, paths)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {paths[0]} does not exist; give the path of a submitted .ipynb file" in err
+    assert "notes.ipynb is not a Jupyter notebook (NotJSONError)" in err
+    assert "00_getting_started.ipynb is not an assignment: none of its cells carries nbgrader metadata" in err
+    assert "foreign.ipynb is not one of this course's assignments" in err and "match none of: 01_multitask" in err
+
+
+def test_assign_names_the_assignments_and_protects_the_sources(tmp_path, capsys):
+    assert cli.main(["assign", "99", "--output", str(tmp_path / "out")]) == 2
+    assert "error: unknown assignment '99'; assignments are: 01_multitask_objective, " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists(), "nothing is written for a wrong name"
+    assert cli.main(["assign", "--output", str(ROOT / "notebooks" / "assignments")]) == 2
+    assert "is where the instructor sources live" in capsys.readouterr().err
+    assert build_student_versions(tmp_path / "one", ["6"], ROOT) == [tmp_path / "one" / "06_gradient_alignment.ipynb"]
+
+
+def test_a_fixture_submission_is_a_student_version_with_answers(student_dir):
+    """Fixtures stay in step with the sources: same cells, locked cells unchanged (bar outputs)."""
+    for fixture, (assignment, _, _) in MISTAKES.items():
+        submitted = json.loads((SUBMISSIONS / fixture).read_text())["cells"]
+        released = json.loads((student_dir / f"{assignment}.ipynb").read_text())["cells"]
+        assert [c["metadata"]["nbgrader"]["grade_id"] for c in submitted] == [
+            c["metadata"]["nbgrader"]["grade_id"] for c in released]
+        for mine, theirs in zip(submitted, released):
+            if mine["metadata"]["nbgrader"]["locked"]:
+                assert mine["source"] == theirs["source"], f"{fixture}: rebuild it from `mtl-tutorial assign`"
+
+
+def test_grade_cli_prints_per_cell_points_and_the_total_line(cli_run):
+    result, tables = cli_run
+    table = tables["06_projected_twice.ipynb"]
+    assert table.splitlines()[0] == f"{SUBMISSIONS / '06_projected_twice.ipynb'}  (assignment 06_gradient_alignment)"
+    assert "a06_experiment    ? / 2    written answer: graded by hand" in table
