@@ -83,10 +83,12 @@ def compare_paired(
     higher_is_better: bool = True,
     scale: float = 1.0,
     unit: str = "",
+    repeats: str = "seeds",
 ) -> str:
     """One line for a chapter: ``A − B = +1.2 [+0.3, +2.1] pts (n = 5 seeds): A better``.
 
-    ``scale`` multiplies the numbers shown (100 for accuracy in percentage points, with unit " pts").
+    ``scale`` multiplies the numbers shown (100 for accuracy in percentage points, with unit " pts");
+    ``repeats`` names what the n paired values are (independent runs: seeds, held-out tasks).
     """
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
@@ -94,5 +96,5 @@ def compare_paired(
     shown = Interval(*(value * scale for value in d[:4]), d.n)
     return (
         f"{names[0]} − {names[1]} = {shown.mean:+.2f} [{shown.low:+.2f}, {shown.high:+.2f}]{unit} "
-        f"(95 % interval, n = {d.n} seeds): {verdict(d, names, higher_is_better)}"
+        f"(95 % interval, n = {d.n} {repeats}): {verdict(d, names, higher_is_better)}"
     )

@@ -181,3 +181,32 @@ def plot_task_mix(
     ax.legend(loc="upper left")
     return ax
 
+def plot_seed_points(
+    values: Mapping[str, Sequence[float] | np.ndarray],
+    ylabel: str,
+    references: Mapping[str, float] | None = None,
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """One column per method: every repeat (seed, support set) as a dot, the mean as a bar with its
+    95 % interval (``evidence.mean_interval``), and horizontal reference lines (e.g. chance).
+
+    values: method -> (S,) repeats, S ≥ 2; references: label -> y value.
+    """
+    from mtl_tutorial.evidence import mean_interval
+
+    ax = _axes(ax, (6.0, 3.8))
+    for position, (method, repeats) in enumerate(values.items()):
+        repeats = np.asarray(repeats, dtype=float)
+        interval = mean_interval(repeats)
+        spread = np.linspace(-0.12, 0.12, len(repeats)) if len(repeats) > 1 else np.zeros(1)
+        ax.plot(position + spread, repeats, "o", color="tab:blue", alpha=0.5, markersize=4)
+        ax.errorbar(position, interval.mean, yerr=[[interval.mean - interval.low], [interval.high - interval.mean]],
+                    fmt="_", color="k", markersize=18, capsize=6)
+    for position, (label, y) in enumerate((references or {}).items()):
+        ax.axhline(y, color="grey", ls=("--", ":", "-.")[position % 3], lw=1, label=label)
+    ax.set_xticks(range(len(values)), list(values))
+    ax.set(ylabel=ylabel, title=title or "")
+    if references:
+        ax.legend(fontsize=8)
+    return ax

@@ -44,5 +44,6 @@ def test_compare_paired_prints_the_scaled_difference_n_and_the_verdict():
     d = paired_difference([0.70, 0.72, 0.71], [0.60, 0.61, 0.63])
     assert line == (f"joint − alone = {100 * d.mean:+.2f} [{100 * d.low:+.2f}, {100 * d.high:+.2f}] pts "
                     f"(95 % interval, n = 3 seeds): joint better")
+    assert compare_paired([1.0, 2.0], [0.0, 0.5], repeats="tasks").endswith("(95 % interval, n = 2 tasks): no measurable difference")
     with pytest.raises(ValueError, match="scale must be > 0"):
         compare_paired([1.0, 2.0], [1.0, 2.0], scale=-1)

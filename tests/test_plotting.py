@@ -87,3 +87,18 @@ def test_task_mix_bars_are_the_sampling_shares_labelled_with_passes_per_example(
     uniform = plot_task_mix(sizes, float("inf"))
     assert [bar.get_height() for bar in uniform.patches] == pytest.approx([0.5, 0.5])
     assert "∞ (uniform)" in uniform.get_title()
+
+def test_seed_points_show_every_repeat_and_the_mean_with_its_interval():
+    from mtl_tutorial.evidence import mean_interval
+    from mtl_tutorial.plotting import plot_seed_points
+
+    values = {"a": [0.5, 0.6, 0.7], "b": [0.2, 0.25]}
+    ax = plot_seed_points(values, "accuracy", references={"chance": 0.1})
+    dots = [line.get_ydata().tolist() for line in ax.lines if line.get_linestyle() == "None" and len(line.get_ydata()) > 1]
+    assert dots[:2] == [[0.5, 0.6, 0.7], [0.2, 0.25]]
+    caps = [line for line in ax.lines if line.get_marker() == "_" and line.get_markersize() == 18]  # the means
+    assert [float(cap.get_ydata()[0]) for cap in caps] == pytest.approx([0.6, 0.225])
+    bars = ax.collections[0].get_segments()  # the interval of "a": the t-interval of its 3 repeats
+    interval = mean_interval(values["a"])
+    assert bars[0][:, 1].tolist() == pytest.approx([interval.low, interval.high])
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"] and ax.get_legend() is not None

@@ -1,0 +1,238 @@
+"""Adversarial multi-task learning: shared features that hide the task (the article's §4.3.3).
+
+Gradient reversal (Ganin & Lempitsky, 2015) is the identity going forward and flips the gradient
+coming back:
+
+    R_λ(h) = h,      ∂L/∂h = −λ · ∂L/∂R_λ(h).
+
+Put between a shared encoder and a *task discriminator* D, one backward pass trains D to tell the
+tasks apart (it descends its loss) while the encoder *ascends* that loss, learning features from
+which the task cannot be read. The shared-private model of Liu, Qiu & Huang (2017, "Adversarial
+multi-task learning for text classification", ASP-MTL) adds a private encoder P_t per task and
+classifies example x of task t from [S(x); P_t(x)], with
+
+    L = Σ_t L_t  +  λ_adv · CE(D(R_λ(S(x))), t)  +  γ · Σ_t ‖S_tᵀ P_t‖_F²,
+
+where S_t, P_t (n_t, H) hold the shared and private features of task t's examples in the batch: the
+orthogonality term pushes the private encoders to keep what the shared space does not. Unlike the
+paper (LSTM encoders, D trained on the shared LSTM's final state) our encoders are any modules,
+e.g. MLPs on frozen MiniLM features; the loss is the paper's eq. 13.
+
+Layout: ``GradientReversal`` (autograd function and module), ``orthogonality_penalty``,
+``SharedPrivateModel``, ``reversal_ramp`` and the ``AdversarialObjective`` weighting that adds the two terms to the
+course's training loop, and ``discriminator_accuracy``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from mtl_tutorial.models import HardSharingModel, TaskOutput, select_examples
+from mtl_tutorial.objectives import weighted_sum
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """R_λ: forward h ↦ h, backward g ↦ −λ g (λ is not differentiated)."""
+
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+def reverse_gradient(features: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """R_λ(features) with λ = ``scale`` ≥ 0: identity forward, gradient times −λ backward."""
+    if not scale >= 0:
+        raise ValueError(f"the reversal scale λ must be >= 0, got {scale!r}")
+    return _ReverseGradient.apply(features, float(scale))
+
+
+class GradientReversal(nn.Module):
+    """``reverse_gradient`` as a layer; set ``.scale`` during training to follow a schedule (Ganin &
+    Lempitsky ramp λ from 0 to 1 as 2 / (1 + exp(−10 p)) − 1 over training progress p)."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return reverse_gradient(features, self.scale)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+def orthogonality_penalty(shared: torch.Tensor, private: torch.Tensor) -> torch.Tensor:
+    """‖Sᵀ P‖_F² for the shared and private features of one task's examples, both (n, H_s) and (n, H_p).
+
+    0 when every shared feature column is orthogonal to every private one over the examples.
+    """
+    if shared.dim() != 2 or private.dim() != 2 or len(shared) != len(private):
+        raise ValueError(
+            f"shared and private features must be (n, H) matrices of the same n examples, got "
+            f"{tuple(shared.shape)} and {tuple(private.shape)}"
+        )
+    return (shared.T @ private).pow(2).sum()
+
+
+class SharedPrivateModel(HardSharingModel):
+    """ASP-MTL (module docstring): a shared encoder (the ``trunk``), a private encoder and a head per
+    named task, and a task discriminator on the gradient-reversed shared features.
+
+    shared: x -> (B, H_s); private[t]: x -> (B, H_p); heads[t]: (B, H_s + H_p) -> outputs;
+    discriminator: (B, H_s) -> (B, T) task logits (default a linear layer, ``shared_dim`` needed).
+    ``forward`` follows ``HardSharingModel``'s contract: a task name, or one name per example
+    (returns ``{task: TaskOutput}``). The last forward's features are kept in ``self.last`` so the
+    objective can add ``adversarial_loss()`` and ``orthogonality_loss()``.
+    """
+
+    def __init__(
+        self,
+        shared: nn.Module,
+        private: Mapping[str, nn.Module],
+        heads: Mapping[str, nn.Module],
+        discriminator: nn.Module | None = None,
+        shared_dim: int | None = None,
+        reversal: float = 1.0,
+    ) -> None:
+        super().__init__(shared, heads)
+        if set(private) != set(heads):
+            raise ValueError(
+                f"give one private encoder and one head per task; private has {sorted(private)}, heads has {sorted(heads)}"
+            )
+        if discriminator is None:
+            if shared_dim is None:
+                raise ValueError("pass shared_dim (the width of the shared features) or a discriminator module")
+            discriminator = nn.Linear(shared_dim, len(heads))
+        self.private = nn.ModuleDict(private)
+        self.reversal = GradientReversal(reversal)
+        self.discriminator = discriminator
+        self.last: dict[str, Any] = {}
+
+    def forward(self, x: Any, task: str | Sequence[str]) -> torch.Tensor | dict[str, TaskOutput]:
+        names = [task] * _batch_size(x) if isinstance(task, str) else task
+        if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+            raise TypeError(
+                f"task must be a task name (one of: {', '.join(self.tasks)}) or a list with one name per "
+                f"example, got {type(task).__name__}; map task ids to names first"
+            )
+        for name in dict.fromkeys(names):
+            self._check_task(name)
+        shared = self.trunk(x)
+        if len(names) != len(shared):
+            raise ValueError(f"got {len(names)} task names for a batch of {len(shared)} examples; pass one per example")
+        routed, private_parts = {}, {}
+        for name in dict.fromkeys(names):
+            positions = torch.tensor([i for i, t in enumerate(names) if t == name], device=shared.device)
+            private = self.private[name](select_examples(x, positions))
+            private_parts[name] = (positions, private)
+            routed[name] = TaskOutput(self.heads[name](torch.cat([shared[positions], private], dim=1)), positions)
+        self.last = {"shared": shared, "private": private_parts, "tasks": names}
+        return routed[task].outputs if isinstance(task, str) else routed
+
+    def task_ids(self, names: Sequence[str]) -> torch.Tensor:
+        """(B,) long: the position of each example's task in ``self.tasks``."""
+        return torch.tensor([self.tasks.index(name) for name in names])
+
+    def adversarial_loss(self) -> torch.Tensor:
+        """CE(D(R_λ(S(x))), t) over the last forward's examples: D descends it, the shared encoder ascends it."""
+        self._check_last()
+        shared = self.last["shared"]
+        logits = self.discriminator(self.reversal(shared))
+        return nn.functional.cross_entropy(logits, self.task_ids(self.last["tasks"]).to(shared.device))
+
+    def orthogonality_loss(self) -> torch.Tensor:
+        """Σ_t ‖S_tᵀ P_t‖_F² over the tasks of the last forward (``orthogonality_penalty``)."""
+        self._check_last()
+        shared = self.last["shared"]
+        return sum(orthogonality_penalty(shared[positions], private) for positions, private in self.last["private"].values())
+
+    def _check_last(self) -> None:
+        if not self.last:
+            raise RuntimeError("run a forward pass first: the adversarial terms use the last batch's features")
+
+
+def _batch_size(x: Any) -> int:
+    if isinstance(x, torch.Tensor):
+        return len(x)
+    if isinstance(x, Mapping):
+        return len(next(iter(x.values())))
+    return len(x)
+
+
+def reversal_ramp(progress: float) -> float:
+    """Ganin & Lempitsky's schedule of λ over training progress p ∈ [0, 1]: 2 / (1 + exp(−10 p)) − 1,
+    0 at the start (the discriminator learns first) and ≈ 1 from p ≈ 0.5 on."""
+    p = min(max(progress, 0.0), 1.0)
+    return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+
+
+class AdversarialObjective:
+    """A training-loop weighting (``training.train(weighting=...)``) for ``SharedPrivateModel``:
+
+        total = Σ_t λ_t L_t + adversarial_weight · L_adv + orthogonality_weight · L_diff.
+
+    task_weights: λ_t (default 1). reversal: the gradient-reversal scale λ it sets on the model every
+    step, ramped by ``reversal_ramp(step / ramp_steps)`` when ``ramp_steps`` is given. Each call
+    records the two extra terms in ``self.log`` (``{"adversarial": [...], "orthogonality": [...]}``).
+    """
+
+    def __init__(
+        self,
+        adversarial_weight: float = 0.05,
+        orthogonality_weight: float = 0.01,
+        reversal: float = 1.0,
+        ramp_steps: int | None = None,
+        task_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        if adversarial_weight < 0 or orthogonality_weight < 0 or reversal < 0:
+            raise ValueError(
+                f"the weights and the reversal scale must be >= 0, got {adversarial_weight}, "
+                f"{orthogonality_weight} and {reversal}"
+            )
+        if ramp_steps is not None and ramp_steps < 1:
+            raise ValueError(f"ramp_steps must be >= 1 or None, got {ramp_steps}")
+        self.adversarial_weight, self.orthogonality_weight = adversarial_weight, orthogonality_weight
+        self.reversal, self.ramp_steps, self.task_weights = reversal, ramp_steps, task_weights
+        self.log: dict[str, list[float]] = {"adversarial": [], "orthogonality": []}
+
+    def __call__(
+        self, losses: dict[str, torch.Tensor], model: nn.Module | None = None, step: int = 1, **ctx: Any
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        if not isinstance(model, SharedPrivateModel):
+            raise TypeError(f"AdversarialObjective needs a SharedPrivateModel, got {type(model).__name__}")
+        ramp = reversal_ramp(step / self.ramp_steps) if self.ramp_steps else 1.0
+        model.reversal.scale = self.reversal * ramp
+        weights = {task: (self.task_weights or {}).get(task, 1.0) for task in losses}
+        adversarial, orthogonality = model.adversarial_loss(), model.orthogonality_loss()
+        self.log["adversarial"].append(float(adversarial.detach()))
+        self.log["orthogonality"].append(float(orthogonality.detach()))
+        total = weighted_sum(losses, weights) + self.adversarial_weight * adversarial + self.orthogonality_weight * orthogonality
+        return total, weights
+
+
+def discriminator_accuracy(model: SharedPrivateModel, inputs: Mapping[str, Any]) -> float:
+    """Share of examples whose task the discriminator reads off the shared features.
+
+    inputs: task -> that task's inputs (N_t, ...). Chance is the largest task's share of the examples
+    (1/T for equal sizes); at chance the shared features hide the task from D.
+    """
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for task, x in inputs.items():
+            model._check_task(task)
+            predicted = model.discriminator(model.trunk(x)).argmax(dim=1)
+            correct += int((predicted == model.tasks.index(task)).sum())
+            total += len(predicted)
+    model.train(was_training)
+    return correct / total
