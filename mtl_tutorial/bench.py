@@ -180,14 +180,18 @@ def text_benchmark_setup(
 
 
 def step_time_table(times: Mapping[str, Mapping[str, float]], num_tasks: int) -> str:
-    """The result of ``aggregator_step_times`` as text, one line per configuration, with the targets:
-    at most T + 0.5 times equal weighting per parameter, at most 1.5 times per representation."""
-    targets = {"parameters": num_tasks + 0.5, "representation": 1.5}
-    lines = [f"{'configuration':<24}{'ms/step':>10}{'× equal':>10}{'target':>9}"]
+    """The result of ``aggregator_step_times`` as text, one line per configuration, beside the cost
+    goals for a real trunk (MiniLM): at most T + 0.5 times equal weighting per parameter, at most 1.5
+    times at the representation. A footnote says they are goals for a large model, not pass/fail
+    checks: on a tiny model the fixed costs of a step decide the ratios."""
+    goals = {"parameters": num_tasks + 0.5, "representation": 1.5}
+    lines = [f"{'configuration':<24}{'ms/step':>10}{'× equal':>10}{'goal*':>9}"]
     for name, entry in times.items():
         mode = name.split("/")[1] if "/" in name else None
-        target = f"≤ {targets[mode]:.1f}" if mode else ""
-        lines.append(f"{name:<24}{entry['seconds'] * 1000:>10.1f}{entry['ratio']:>10.2f}{target:>9}")
+        goal = f"≤ {goals[mode]:.1f}" if mode else ""
+        lines.append(f"{name:<24}{entry['seconds'] * 1000:>10.1f}{entry['ratio']:>10.2f}{goal:>9}")
+    lines.append(f"* the cost goal on a real trunk such as MiniLM (T = {num_tasks}: T + 0.5 per parameter, 1.5 at the "
+                 f"representation), not a check: on a tiny model a step's fixed costs decide the ratios")
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 import pytest
 from transformers import BertConfig, BertModel
 
-from mtl_tutorial.bench import forward_latency, lora_step_time, main, solver_time_table, solver_times
+from mtl_tutorial.bench import forward_latency, lora_step_time, main, solver_time_table, solver_times, step_time_table
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +74,14 @@ def test_main_solvers_prints_the_table(monkeypatch, capsys):
     assert main(["solvers"]) == 0
     out = capsys.readouterr().out
     assert "mgda" in out and "20.0" in out and "1000.0 µs" in out
+
+
+def test_step_time_table_shows_ms_ratios_and_goals_as_goals_not_checks():
+    times = {"equal": {"seconds": 0.010, "ratio": 1.0}, "mgda/parameters": {"seconds": 0.025, "ratio": 2.5},
+             "mgda/representation": {"seconds": 0.018, "ratio": 1.8}}
+    lines = step_time_table(times, num_tasks=4).splitlines()
+    assert lines[0].split() == ["configuration", "ms/step", "×", "equal", "goal*"]
+    assert lines[1].split() == ["equal", "10.0", "1.00"]
+    assert lines[2].split() == ["mgda/parameters", "25.0", "2.50", "≤", "4.5"]
+    assert lines[3].split() == ["mgda/representation", "18.0", "1.80", "≤", "1.5"]
+    assert lines[4].startswith("* the cost goal on a real trunk") and "not a check" in lines[4]
