@@ -130,6 +130,35 @@ def plot_sweep(sweep: ScalarizationSweep, labels: tuple[str, str] = ("task 1", "
     return ax
 
 
+def _errorbar_series(
+    x: Sequence[float] | np.ndarray,
+    series: Mapping[str, np.ndarray],
+    xlabel: str,
+    ylabel: str,
+    ax: Axes | None,
+    centre_and_errors,
+    min_repeats: int,
+    spacing: float,
+    **style,
+) -> Axes:
+    """Shared body of ``plot_mean_std`` and ``plot_mean_interval``: one error-bar line per series,
+    shifted sideways by ``spacing`` of the x range so that the bars stay apart.
+    centre_and_errors: (S, K) values -> (centres (K,), errors (K,) or (2, K))."""
+    ax = _axes(ax)
+    x = np.asarray(x, dtype=float)
+    for offset, (label, values) in enumerate(series.items()):
+        values = np.asarray(values, dtype=float)
+        if values.ndim != 2 or values.shape[1] != len(x) or len(values) < min_repeats:
+            repeats = f"repeats >= {min_repeats}" if min_repeats > 1 else "repeats"
+            raise ValueError(f"series {label!r} must have shape ({repeats}, {len(x)}), got {values.shape}")
+        centres, errors = centre_and_errors(values)
+        shift = (offset - (len(series) - 1) / 2) * spacing * (x.max() - x.min() or 1.0)
+        ax.errorbar(x + shift, centres, yerr=errors, capsize=3, label=label, **style)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.legend()
+    return ax
+
+
 def plot_mean_std(
     x: Sequence[float] | np.ndarray,
     series: Mapping[str, np.ndarray],
@@ -141,17 +170,8 @@ def plot_mean_std(
 
     series: label -> (S, K) array, S repeats of K values, one per x.
     """
-    ax = _axes(ax)
-    x = np.asarray(x, dtype=float)
-    for offset, (label, values) in enumerate(series.items()):
-        values = np.asarray(values, dtype=float)
-        if values.ndim != 2 or values.shape[1] != len(x):
-            raise ValueError(f"series {label!r} must have shape (repeats, {len(x)}), got {values.shape}")
-        shift = (offset - (len(series) - 1) / 2) * 0.01 * (x.max() - x.min() or 1.0)  # keep bars apart
-        ax.errorbar(x + shift, values.mean(0), yerr=values.std(0), marker="o", capsize=3, label=label)
-    ax.set(xlabel=xlabel, ylabel=ylabel)
-    ax.legend()
-    return ax
+    return _errorbar_series(x, series, xlabel, ylabel, ax, lambda v: (v.mean(0), v.std(0)), 1, 0.01, marker="o")
+
 
 def plot_task_mix(
     sizes: Mapping[str, int],
@@ -180,6 +200,122 @@ def plot_task_mix(
     ax.set_xticks(range(len(tasks)), [f"{t}\n(N = {sizes[t]:,})" for t in tasks])
     ax.legend(loc="upper left")
     return ax
+
+
+def plot_task_matrix(
+    matrix: np.ndarray | torch.Tensor,
+    tasks: Sequence[str],
+    colorbar_label: str,
+    row_label: str = "task i (stepped on)",
+    column_label: str = "task j (measured)",
+    diagonal: bool = True,
+    fmt: str = "{:.3f}",
+    ax: Axes | None = None,
+) -> Axes:
+    """A (T, T) matrix between tasks (task affinity, gradient cosines) as a heat map centred on 0,
+    every cell written out with ``fmt``; red: positive, blue: negative.
+
+    diagonal=False greys out the diagonal (a task with itself) and scales the colours to the
+    off-diagonal entries, so that small cross-task values stay visible next to a large self-affinity.
+    """
+    matrix = np.asarray(matrix, dtype=float)
+    if matrix.shape != (len(tasks), len(tasks)):
+        raise ValueError(f"matrix must have shape ({len(tasks)}, {len(tasks)}) for {len(tasks)} tasks, got {matrix.shape}")
+    ax = _axes(ax, (5.0, 4.2))
+    shown = matrix.copy()
+    if not diagonal:
+        np.fill_diagonal(shown, np.nan)
+    limit = np.nanmax(np.abs(shown)) if np.isfinite(shown).any() else 1.0
+    limit = limit or 1.0
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    image = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, vmin=-limit, vmax=limit)
+    for i in range(len(tasks)):
+        for j in range(len(tasks)):
+            dark = np.isfinite(shown[i, j]) and abs(shown[i, j]) > 0.6 * limit
+            ax.text(j, i, fmt.format(matrix[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set(xlabel=column_label, ylabel=row_label)
+    ax.figure.colorbar(image, ax=ax, label=colorbar_label)
+    return ax
+
+
+def plot_gate_heatmap(
+    weights: np.ndarray | torch.Tensor, tasks: Sequence[str], experts: Sequence[str], ax: Axes | None = None
+) -> Axes:
+    """Mean gate weight of each task (rows) on each expert (columns), on a 0-1 colour scale.
+
+    weights: (T, E), e.g. ``model.gate_weights(x).mean(0)`` of an MMoE or PLE model.
+    """
+    weights = np.asarray(weights, dtype=float)
+    if weights.shape != (len(tasks), len(experts)):
+        raise ValueError(f"weights must have shape ({len(tasks)}, {len(experts)}) = (tasks, experts), got {weights.shape}")
+    ax = _axes(ax, (1.2 + 0.9 * len(experts), 1.2 + 0.6 * len(tasks)))
+    image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(len(tasks)):
+        for e in range(len(experts)):
+            ax.text(e, i, f"{weights[i, e]:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if weights[i, e] > 0.6 else "white")
+    ax.set_xticks(range(len(experts)), experts, rotation=30, ha="right")
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set(xlabel="expert", ylabel="task (its gate)")
+    ax.figure.colorbar(image, ax=ax, label="mean gate weight")
+    return ax
+
+
+def plot_gates_at(
+    gates: Mapping[str, Mapping[float, np.ndarray]],
+    experts: Mapping[str, Sequence[str]],
+    tasks: Sequence[str],
+    correlation: float,
+) -> list[Axes]:
+    """One gate heat map per model at one task correlation, side by side (a widget's callback).
+
+    gates: model name -> {correlation p: (T, E) mean gate weights}; experts: model name -> the E names.
+    """
+    fig, axes = plt.subplots(1, len(gates), figsize=(4.6 * len(gates), 2.5), layout="constrained")
+    axes = list(np.atleast_1d(axes))
+    for ax, (name, by_correlation) in zip(axes, gates.items()):
+        if correlation not in by_correlation:
+            raise ValueError(f"no gates of {name} at p = {correlation}; recorded: {sorted(by_correlation)}")
+        plot_gate_heatmap(by_correlation[correlation], tasks, experts[name], ax=ax)
+        ax.set_title(f"{name}, task correlation p = {correlation:g}")
+    return axes
+
+
+def plot_metric_curves(
+    history: History, metrics: Mapping[str, str], ylabel: str, ax: Axes | None = None
+) -> Axes:
+    """Recorded metrics (``History.metrics``) against the evaluation step; metrics: label -> metric name."""
+    ax = _axes(ax)
+    for label, name in metrics.items():
+        if name not in history.metrics:
+            raise ValueError(f"the history has no metric {name!r}; it has: {', '.join(list(history.metrics)[:6])}")
+        ax.plot(history.eval_steps, history.metrics[name], marker=".", label=label)
+    ax.set(xlabel="training step (batches)", ylabel=ylabel)
+    ax.legend()
+    return ax
+
+
+def plot_mean_interval(
+    x: Sequence[float] | np.ndarray,
+    series: Mapping[str, np.ndarray],
+    xlabel: str,
+    ylabel: str,
+    ax: Axes | None = None,
+) -> Axes:
+    """Mean over repeats (seeds) and its 95 % interval (``evidence.mean_interval``) of each series
+    against ``x``; series: label -> (S, K) array, S ≥ 2 repeats of K values, one per x."""
+    from mtl_tutorial.evidence import mean_interval
+
+    def centre_and_errors(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        intervals = [mean_interval(values[:, k]) for k in range(values.shape[1])]
+        means = np.array([i.mean for i in intervals])
+        return means, np.array([[i.mean - i.low for i in intervals], [i.high - i.mean for i in intervals]])
+
+    return _errorbar_series(x, series, xlabel, ylabel, ax, centre_and_errors, 2, 0.008, marker="o", markersize=4)
+
 
 def plot_seed_points(
     values: Mapping[str, Sequence[float] | np.ndarray],

@@ -73,6 +73,7 @@ def test_mean_std_plot_checks_shapes():
     with pytest.raises(ValueError, match=r"shape \(repeats, 2\)"):
         plot_mean_std([0, 1], {"shared": np.zeros(2)}, "x", "y")
 
+
 def test_task_mix_bars_are_the_sampling_shares_labelled_with_passes_per_example():
     from mtl_tutorial.plotting import plot_task_mix
 
@@ -87,6 +88,66 @@ def test_task_mix_bars_are_the_sampling_shares_labelled_with_passes_per_example(
     uniform = plot_task_mix(sizes, float("inf"))
     assert [bar.get_height() for bar in uniform.patches] == pytest.approx([0.5, 0.5])
     assert "∞ (uniform)" in uniform.get_title()
+
+
+def test_task_matrix_heatmap_writes_every_cell_and_is_centred_on_zero():
+    from mtl_tutorial.plotting import plot_task_matrix
+
+    matrix = np.array([[0.5, -0.25], [0.1, 0.2]])
+    ax = plot_task_matrix(matrix, ["a", "b"], "affinity Z")
+    assert [t.get_text() for t in ax.texts] == ["0.500", "-0.250", "0.100", "0.200"]
+    image = ax.images[0]
+    np.testing.assert_allclose(image.get_array(), matrix)
+    assert image.get_clim() == (-0.5, 0.5)
+    assert ax.get_xlabel() == "task j (measured)" and ax.get_ylabel() == "task i (stepped on)"
+    with pytest.raises(ValueError, match=r"shape \(3, 3\) for 3 tasks"):
+        plot_task_matrix(matrix, ["a", "b", "c"], "Z")
+    hidden = plot_task_matrix(matrix, ["a", "b"], "Z", diagonal=False, fmt="{:+.2f}")
+    assert hidden.images[0].get_clim() == (-0.25, 0.25)  # scaled to the off-diagonal entries
+    assert hidden.images[0].get_array().mask.tolist() == [[True, False], [False, True]]
+    assert [t.get_text() for t in hidden.texts] == ["+0.50", "-0.25", "+0.10", "+0.20"]
+
+
+def test_gate_heatmap_rows_are_tasks_and_columns_experts():
+    from mtl_tutorial.plotting import plot_gate_heatmap, plot_gates_at
+
+    weights = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    ax = plot_gate_heatmap(weights, ["t1", "t2"], ["e1", "e2", "e3"])
+    np.testing.assert_allclose(ax.images[0].get_array(), weights)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["e1", "e2", "e3"]
+    assert ax.images[0].get_clim() == (0.0, 1.0)
+    with pytest.raises(ValueError, match=r"\(tasks, experts\)"):
+        plot_gate_heatmap(weights.T, ["t1", "t2"], ["e1", "e2", "e3"])
+    axes = plot_gates_at({"MMoE": {0.0: weights, 1.0: weights[::-1]}}, {"MMoE": ["e1", "e2", "e3"]}, ["t1", "t2"], 1.0)
+    np.testing.assert_allclose(axes[0].images[0].get_array(), weights[::-1])
+    assert axes[0].get_title() == "MMoE, task correlation p = 1"
+    with pytest.raises(ValueError, match=r"no gates of MMoE at p = 0.5"):
+        plot_gates_at({"MMoE": {0.0: weights}}, {"MMoE": ["e1", "e2", "e3"]}, ["t1", "t2"], 0.5)
+
+
+def test_metric_curves_plot_recorded_metrics_against_eval_steps():
+    from mtl_tutorial.plotting import plot_metric_curves
+
+    history = History(("a",))
+    history.record_eval(10, {"alpha/0/a<-a": 0.9})
+    history.record_eval(20, {"alpha/0/a<-a": 0.8})
+    ax = plot_metric_curves(history, {"α_aa": "alpha/0/a<-a"}, "α")
+    np.testing.assert_allclose(ax.lines[0].get_xydata(), [[10, 0.9], [20, 0.8]])
+    with pytest.raises(ValueError, match="has no metric 'gate'"):
+        plot_metric_curves(history, {"g": "gate"}, "g")
+
+
+def test_mean_interval_plot_draws_the_95_percent_interval():
+    from mtl_tutorial.plotting import plot_mean_interval
+
+    values = np.array([[1.0, 0.0], [3.0, 0.0]])  # column 0: mean 2, sd √2, half-width 12.706 · √2 / √2
+    ax = plot_mean_interval([0, 1], {"MMoE": values}, "p", "error")
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [2.0, 0.0])
+    segments = ax.collections[0].get_segments()
+    np.testing.assert_allclose([segments[0][0][1], segments[0][1][1]], [2.0 - 12.706, 2.0 + 12.706])
+    with pytest.raises(ValueError, match=r"repeats >= 2"):
+        plot_mean_interval([0, 1], {"MMoE": values[:1]}, "p", "error")
+
 
 def test_seed_points_show_every_repeat_and_the_mean_with_its_interval():
     from mtl_tutorial.evidence import mean_interval

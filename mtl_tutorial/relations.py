@@ -1,0 +1,157 @@
+"""Task relations: which task's training helps which other task, measured while training (the article's §3.1.3).
+
+Fifty et al. 2021, "Efficiently identifying task groupings for multi-task learning" (NeurIPS):
+the lookahead affinity of task i on task j compares task j's loss before and after one step of the
+shared parameters θ_s on task i's loss alone,
+
+    Z_{i→j} = 1 − L_j(θ_s − η ∇_{θ_s} L_i, θ_j) / L_j(θ_s, θ_j),
+
+with task j's own parameters θ_j (its head) left as they are. Z_{i→j} > 0: a step for i lowers j's
+loss too (i helps j); < 0: it raises it. Averaged over training, Z is a T × T matrix: row i is the
+task stepped on, column j the task measured; the diagonal Z_{i→i} is a task's own progress.
+
+Next to it, the cosine of the shared gradients, cos(∇_{θ_s} L_i, ∇_{θ_s} L_j), from
+``aggregation.gradient_cosines``. To first order in η, L_j(θ_s − η g_i) ≈ L_j − η g_i·g_j, so
+
+    Z_{i→j} ≈ η g_i·g_j / L_j = η ‖g_i‖ ‖g_j‖ cos(g_i, g_j) / L_j :
+
+the same sign as the cosine for a small step, but scaled by the gradient norms and j's loss, so
+a task with large gradients affects others more; and Z is not symmetric while the cosine is.
+
+How it differs from the paper: TAG computes Z at every training step on that step's batch, with the
+optimizer's own update. ``TaskAffinity`` runs as (part of) ``train``'s ``eval_fn`` every
+``eval_every`` steps, on a fresh random batch of each task's training data, with a plain SGD
+lookahead of size ``lr``; the model's parameters are never changed (the lookahead is a
+``torch.func.functional_call`` with the stepped parameters).
+
+Whether a predicted partner really helps is then a paired comparison over seeds
+(``mtl_tutorial.evidence``). Layout: the one-batch affinity, the tracker for ``train``, reading the
+matrices back from a ``History``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from mtl_tutorial.aggregation import gradient_cosines
+from mtl_tutorial.data.multitask import check_task_data
+from mtl_tutorial.models import select_examples
+from mtl_tutorial.training import History
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def shared_parameter_names(model: nn.Module, shared: str | Sequence[str] = ("trunk.",)) -> list[str]:
+    """Names of the trainable parameters whose name starts with one of ``shared`` (default: the trunk's)."""
+    prefixes = [shared] if isinstance(shared, str) else list(shared)
+    names = [n for n, p in model.named_parameters() if p.requires_grad and any(n.startswith(s) for s in prefixes)]
+    if not names:
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        raise ValueError(
+            f"no trainable parameter starts with {', '.join(map(repr, prefixes))}; affinity needs shared "
+            f"parameters (a trunk that trains, e.g. an mlp on frozen features, not nn.Identity). "
+            f"Trainable parameters: {', '.join(trainable[:8]) or 'none'}"
+        )
+    return names
+
+
+def lookahead_affinity(
+    model: nn.Module,
+    batches: Mapping[str, tuple[Any, torch.Tensor]],
+    loss_fns: Mapping[str, LossFunction],
+    lr: float,
+    shared: str | Sequence[str] = ("trunk.",),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lookahead affinity Z and shared-gradient cosines on one batch per task: two (T, T) float64 tensors.
+
+    batches: task -> (inputs (B_t, ...), targets (B_t, ...)); loss_fns: task -> loss; lr: η of the
+    SGD lookahead. Z[i, j] = 1 − L_j(θ_s − η ∇L_i) / L_j(θ_s), rows and columns in the order of
+    ``batches``. The model is left unchanged. Gradients are computed even under ``torch.no_grad``.
+    """
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr (the lookahead step η) must be > 0, got {lr!r}")
+    tasks = list(batches)
+    if len(tasks) < 2:
+        raise ValueError(f"affinity relates at least 2 tasks, got {len(tasks)}: {', '.join(tasks)}")
+    missing = [t for t in tasks if t not in loss_fns]
+    if missing:
+        raise ValueError(f"no loss function for task(s) {', '.join(missing)}; loss_fns has: {', '.join(loss_fns)}")
+    names = shared_parameter_names(model, shared)
+    params = dict(model.named_parameters())
+    with torch.enable_grad():
+        losses = {t: loss_fns[t](model(x, t), y) for t, (x, y) in batches.items()}
+        grads = {}
+        for t in tasks:
+            found = torch.autograd.grad(losses[t], [params[n] for n in names], allow_unused=True)
+            grads[t] = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, found)]
+    affinity = torch.zeros(len(tasks), len(tasks), dtype=torch.float64)
+    with torch.no_grad():
+        for i, source in enumerate(tasks):
+            stepped = {n: params[n] - lr * g for n, g in zip(names, grads[source])}
+            for j, target in enumerate(tasks):
+                x, y = batches[target]
+                after = loss_fns[target](functional_call(model, stepped, (x, target)), y)
+                affinity[i, j] = 1.0 - float(after) / float(losses[target])
+    flat = torch.stack([torch.cat([g.flatten() for g in grads[t]]) for t in tasks])
+    return affinity, gradient_cosines(flat)
+
+
+def affinity_metric_name(kind: str, source: str, target: str) -> str:
+    """History metric name: ``affinity/<i>-><j>`` (Z_{i→j}) or ``cosine/<i>-><j>``."""
+    if kind not in ("affinity", "cosine"):
+        raise ValueError(f"kind must be 'affinity' or 'cosine', got {kind!r}")
+    return f"{kind}/{source}->{target}"
+
+
+class TaskAffinity:
+    """An ``eval_fn`` part that measures Z and the gradient cosines on fresh training batches.
+
+    data: task -> (inputs, targets) of the training data; every call draws ``batch_size`` random
+    examples per task (``seed``: same seed, same draws) and returns
+    {``affinity_metric_name(kind, i, j)``: value}, which ``train`` records in ``History.metrics``:
+
+        affinity = TaskAffinity(train_data, loss_fns, lr=0.1)
+        history = train(model, loader, loss_fns, num_steps, eval_fn=affinity, eval_every=10)
+        Z = affinity_matrix(history, tasks)        # (T, T), averaged over training
+    """
+
+    def __init__(
+        self, data: Mapping[str, tuple[Any, torch.Tensor]], loss_fns: Mapping[str, LossFunction], lr: float,
+        batch_size: int = 64, shared: str | Sequence[str] = ("trunk.",), seed: int = 0,
+    ) -> None:
+        self.sizes = {task: check_task_data(task, pair) for task, pair in data.items()}
+        self.data, self.loss_fns, self.lr, self.batch_size, self.shared = data, loss_fns, lr, batch_size, shared
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        batches = {}
+        for task, (inputs, targets) in self.data.items():
+            positions = torch.randperm(self.sizes[task], generator=self.generator)[: self.batch_size]
+            x = select_examples(inputs, positions)
+            x = x.to(device) if isinstance(x, torch.Tensor) else x
+            batches[task] = (x, torch.as_tensor(targets)[positions].to(device))
+        affinity, cosines = lookahead_affinity(model, batches, self.loss_fns, self.lr, self.shared)
+        tasks = list(batches)
+        return {affinity_metric_name(kind, s, t): float(matrix[i, j])
+                for kind, matrix in (("affinity", affinity), ("cosine", cosines))
+                for i, s in enumerate(tasks) for j, t in enumerate(tasks)}
+
+
+def affinity_matrix(history: History, tasks: Sequence[str], kind: str = "affinity", start: int = 0) -> np.ndarray:
+    """The mean over evaluations (from eval step ``start`` on) of Z_{i→j} (or the cosines): (T, T)."""
+    matrix = np.zeros((len(tasks), len(tasks)))
+    for i, source in enumerate(tasks):
+        for j, target in enumerate(tasks):
+            name = affinity_metric_name(kind, source, target)
+            if name not in history.metrics:
+                raise ValueError(f"the history has no metric {name!r}; train with eval_fn=TaskAffinity(...)")
+            values = np.array(history.metrics[name])[np.array(history.eval_steps) >= start]
+            matrix[i, j] = np.nanmean(values)
+    return matrix
