@@ -16,7 +16,7 @@ classifies example x of task t from [S(x); P_t(x)], with
 where S_t, P_t (n_t, H) hold the shared and private features of task t's examples in the batch: the
 orthogonality term pushes the private encoders to keep what the shared space does not. Unlike the
 paper (LSTM encoders, D trained on the shared LSTM's final state) our encoders are any modules,
-e.g. MLPs on frozen MiniLM features; the loss is the paper's eq. 13.
+e.g. MLPs on frozen MiniLM features; the loss keeps the paper's three terms.
 
 Layout: ``GradientReversal`` (autograd function and module), ``orthogonality_penalty``,
 ``SharedPrivateModel``, ``reversal_ramp`` and the ``AdversarialObjective`` weighting that adds the two terms to the
