@@ -34,7 +34,11 @@ MISTAKES = {
     "07_no_residual.ipynb": ("07_adapter_tuning", "a07_forward", "keep the residual h"),
     "08_scaled_by_alpha.ipynb": ("08_lora", "a08_forward", "scale the update by α/r"),
     "09_scaled_by_hidden_size.ipynb": ("09_prefix_tuning", "a09_attention", "d the HEAD size"),
+    "03_every_pair_twice.ipynb": ("03_soft_sharing_and_task_relations", "a03_penalty", "each unordered pair s < t once"),
+    "04_always_before_minus_after.ipynb": ("04_training_schedules", "a04_forgetting", "after − before when lower is better"),
+    "11_negated_without_scale.ipynb": ("11_adversarial_and_meta_learning", "a11_reversal", "multiply by −λ, not just negate"),
 }
+OTHER_FIXTURES = {"06_endless_loop.ipynb"}  # graded by the endless-loop test
 
 
 def _nbgrader(cell):
@@ -113,8 +117,26 @@ def _row(table: str, grade_id: str) -> str:
     return next(line for line in table.splitlines() if line.strip().startswith(grade_id + " "))
 
 
+def _chapter_numbers(text: str) -> list[str]:
+    """"01, 02 and 05-09" -> ["01", "02", "05", "06", "07", "08", "09"]."""
+    numbers = []
+    for first, last in re.findall(r"\b(\d\d)(?:-(\d\d))?\b", text):
+        numbers += [f"{n:02d}" for n in range(int(first), int(last or first) + 1)]
+    return numbers
+
+
+def test_every_assignment_has_a_mistake_fixture_and_readme_names_every_assignment():
+    assert len(NAMES) >= 7 and len({name[:2] for name in NAMES}) == len(NAMES), NAMES
+    assert sorted({assignment for assignment, _, _ in MISTAKES.values()}) == NAMES, "one mistake fixture per assignment"
+    for fixture, (assignment, part, _) in MISTAKES.items():
+        assert fixture[:3] == assignment[:3] and part.startswith(f"a{assignment[:2]}_"), fixture
+    assert {p.name for p in SUBMISSIONS.glob("*.ipynb")} == set(MISTAKES) | OTHER_FIXTURES, "a fixture no test grades"
+    readme = (ROOT / "README.md").read_text()
+    sentence = re.search(r"Graded assignments for chapters (.+?) live in `notebooks/assignments/`", readme)
+    assert sentence and _chapter_numbers(sentence.group(1)) == [name[:2] for name in NAMES], "README's For teachers"
+
+
 def test_each_assignment_has_3_to_5_autograded_parts_one_written_answer_and_unique_ids():
-    assert [name[:2] for name in NAMES] == ["01", "02", "05", "06", "07", "08", "09"]
     chapters = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
     seen = set()
     for path in SOURCES:
