@@ -152,7 +152,10 @@ def test_each_assignment_has_3_to_5_autograded_parts_one_written_answer_and_uniq
         for cell in tests:
             assert "### BEGIN HIDDEN TESTS" in cell.source and "### END HIDDEN TESTS" in cell.source
             assert "from mtl_tutorial" in cell.source, "tests compare with the package's reference implementation"
-        assert not any(c.get("outputs") for c in notebook.cells if c.cell_type == "code"), "commit sources without outputs"
+        code = [c for c in notebook.cells if c.cell_type == "code"]
+        assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "commit the source executed, top to bottom"
+        assert any(c.outputs for c in code), "commit the source with the outputs of its run"
+        assert not [o for c in code for o in c.outputs if o.output_type == "error"], "stored errors"
 
 
 @pytest.mark.parametrize("name", NAMES)
