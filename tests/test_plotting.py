@@ -163,3 +163,10 @@ def test_seed_points_show_every_repeat_and_the_mean_with_its_interval():
     interval = mean_interval(values["a"])
     assert bars[0][:, 1].tolist() == pytest.approx([interval.low, interval.high])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"] and ax.get_legend() is not None
+
+
+def test_the_course_wide_figure_resolution_applies_to_new_figures():
+    from mtl_tutorial.plotting import FIGURE_DPI, plot_task_mix
+
+    assert FIGURE_DPI < 100  # below matplotlib's default: smaller PNGs in the committed notebooks
+    assert plot_task_mix({"a": 10, "b": 5}, 2.0).figure.dpi == FIGURE_DPI
