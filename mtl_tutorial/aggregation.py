@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtl_tutorial import distributed
+
 METHODS = ("equal", "pcgrad", "mgda", "cagrad")
 MODES = ("parameters", "representation")
 
@@ -356,6 +358,8 @@ class GradientAggregation:
     Either way each head keeps the gradient of its own loss. ``cosine_curve(a, b)`` gives the cosine
     between two tasks' gradients at every step; ``weights`` returned to the loop are the α_t.
     c: CAGrad's radius (method "cagrad" only); seed: PCGrad's random projection order.
+    Data-parallel (``mtl_tutorial.distributed``): the task gradients are averaged over the ranks
+    before the Gram matrix, so every rank computes the same α and takes the same step.
     """
 
     writes_gradients = True
@@ -429,6 +433,7 @@ class GradientAggregation:
             flat = per_example.sum(dim=1)  # (T, H): the gradients of a shift of the features
         else:
             flat = torch.stack([torch.cat([g.flatten() for g in row]) for row in rows])  # (T, P)
+        flat = distributed.all_reduce_mean(flat)  # the whole batch's task gradients under data parallelism
         bad = [task for task, row in zip(tasks, flat) if not bool(torch.isfinite(row).all())]
         if bad:
             raise FloatingPointError(

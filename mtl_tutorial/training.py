@@ -16,19 +16,29 @@ every parameter's gradient and sets ``writes_gradients = True``, and the loop th
 
 Targets are checked per task before the loss (``check_targets``: one per output; class labels in
 range for a classifier's logits), by ``train`` and ``evaluate`` alike.
+
+``precision`` sets the forward pass's arithmetic: ``"fp32"`` (default), ``"bf16"`` (``torch.autocast``
+to bfloat16, on CUDA or the CPU; float32's range, so no loss scaling) or ``"fp16"`` (float16
+autocast with a ``GradScaler``, CUDA only). Parameters, optimizer and aggregators' Gram matrices
+(float64) keep their precision. Launched by ``torchrun`` (a process group of W > 1 ranks), the
+same ``train`` is data-parallel: each rank trains on its shard of every batch and one step equals
+one step on the whole batch (``mtl_tutorial.distributed``: the math and what is averaged where).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mtl_tutorial import distributed
 from mtl_tutorial.data.multitask import MultiTaskBatch, check_batch_size, check_task_data
 from mtl_tutorial.models import TaskOutput, select_examples
 from mtl_tutorial.objectives import check_scalar_losses, weighted_sum
@@ -36,6 +46,9 @@ from mtl_tutorial.runtime import check_device
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(outputs (B_t, ...), targets (B_t, ...)) -> 0-dim loss."""
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""``train(precision=...)``: float32; bfloat16 autocast; float16 autocast with a GradScaler (CUDA)."""
 
 
 class Weighting(Protocol):
@@ -242,6 +255,40 @@ def _task_outputs(model: nn.Module, batch: MultiTaskBatch) -> dict[str, TaskOutp
     return model(batch.inputs, list(batch.tasks))
 
 
+def _task_losses(
+    model: nn.Module, batch: MultiTaskBatch, loss_fns: Mapping[str, LossFunction], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """{task: L_t} of one batch, in the order of the tasks' first examples; the targets are checked first."""
+    losses = {}
+    for task, out in _task_outputs(model, batch).items():
+        targets = batch.targets[out.positions.to(device)]
+        check_targets(task, out.outputs, targets)
+        losses[task] = loss_fns[task](out.outputs, targets)
+    return losses
+
+
+def _mixed_precision(
+    precision: str, device: torch.device
+) -> tuple[Callable[[], ContextManager], torch.amp.GradScaler | None]:
+    """(a factory of the forward pass's autocast context, the GradScaler or None) for ``precision``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; precisions are: {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext, None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            f"precision='fp16' needs a CUDA GPU (float16 autocast, with a GradScaler so that small gradients "
+            f"do not underflow); on {device.type} use precision='bf16' (float32's range, no scaler) or 'fp32'"
+        )
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this GPU has no bfloat16; use precision='fp16' (float16 with a GradScaler) or 'fp32'")
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"precision={precision!r}: torch has no autocast on {device.type}; use precision='fp32'")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    return functools.partial(torch.autocast, device.type, dtype=dtype), scaler
+
+
 def train(
     model: nn.Module,
     loader: Iterable[MultiTaskBatch],
@@ -255,6 +302,7 @@ def train(
     device: torch.device | str | None = None,
     progress: bool = True,
     desc: str = "training",
+    precision: str = "fp32",
 ) -> History:
     """Train ``model`` for ``num_steps`` batches of ``loader`` (cycled over epochs); returns a History.
 
@@ -264,6 +312,9 @@ def train(
     when that is set). eval_fn(model) ->
     {metric: value} runs under ``torch.no_grad`` in eval mode every ``eval_every`` steps and after
     the last step. A nan/inf loss raises ``NonFiniteLossError`` carrying the History so far.
+    precision: ``PRECISIONS`` (module docstring). In a process group of W > 1 ranks (torchrun),
+    each rank's loader yields its shard of every batch, the History holds the global losses on
+    every rank, and only rank 0 shows the progress bar (``mtl_tutorial.distributed``).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -271,6 +322,7 @@ def train(
         raise ValueError("eval_every needs an eval_fn and must be >= 1")
     tasks = tuple(loss_fns)
     device = check_device(device) if device is not None else next(model.parameters()).device
+    autocast, scaler = _mixed_precision(precision, device)
     model.to(device)
     if weighting is None or isinstance(weighting, Mapping):
         weighting = _FixedWeights(tasks, weighting)
@@ -283,10 +335,16 @@ def train(
                            "lr": getattr(weighting, "lr", None) or lr})
         optimizer = torch.optim.Adam([group for group in groups if group["params"]], lr=lr)
     writes_gradients = getattr(weighting, "writes_gradients", False)
+    world = distributed.world_size()
+    forward_model = distributed.data_parallel(model, device) if world > 1 else model
+    own_parameters = [p for p in weighting.parameters() if p.requires_grad] if isinstance(weighting, nn.Module) else []
+    distributed.broadcast_parameters(own_parameters)
+    averaged_by_hand = own_parameters + ([p for p in model.parameters() if p.requires_grad] if writes_gradients else [])
+    skip_sync = forward_model.no_sync if world > 1 and writes_gradients else contextlib.nullcontext
 
     history = History(tasks)
     batches = _endless(loader)
-    bar = tqdm(range(1, num_steps + 1), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(1, num_steps + 1), desc=desc, disable=not progress or distributed.rank() != 0, leave=False)
     for step in bar:
         model.train()
         batch = next(batches).to(device)
@@ -296,23 +354,35 @@ def train(
                 f"batch holds task(s) {', '.join(sorted(unknown))} with no loss function; "
                 f"loss_fns has: {', '.join(tasks)}"
             )
-        losses = {}
-        for task, out in _task_outputs(model, batch).items():
-            targets = batch.targets[out.positions.to(device)]
-            check_targets(task, out.outputs, targets)
-            losses[task] = loss_fns[task](out.outputs, targets)
-        check_scalar_losses(losses)
-        values = {task: float(loss.detach()) for task, loss in losses.items()}
-        bad = [task for task, value in values.items() if not math.isfinite(value)]
-        if bad:
-            raise NonFiniteLossError(step, bad[0], values, history)
-        optimizer.zero_grad(set_to_none=True)
-        total, task_weights = weighting(losses, step=step, model=model)
-        if not math.isfinite(float(total.detach())):
-            raise NonFiniteLossError(step, None, values, history)
-        if not writes_gradients:
-            total.backward()
-        optimizer.step()
+        with skip_sync():
+            with autocast():
+                losses = _task_losses(forward_model, batch, loss_fns, device)
+            check_scalar_losses(losses)
+            if world > 1:
+                losses, values = distributed.global_task_losses(losses, batch.tasks, tasks)
+            else:
+                values = {task: float(loss.detach()) for task, loss in losses.items()}
+            bad = [task for task, value in values.items() if not math.isfinite(value)]
+            if bad:
+                raise NonFiniteLossError(step, bad[0], values, history)
+            optimizer.zero_grad(set_to_none=True)
+            total, task_weights = weighting(losses, step=step, model=model)
+            if not math.isfinite(float(total.detach())):
+                raise NonFiniteLossError(step, None, values, history)
+            if scaler is not None and any(p.grad is not None for g in optimizer.param_groups for p in g["params"]):
+                raise ValueError(
+                    "precision='fp16' multiplies the loss by a GradScaler's scale before backward and divides "
+                    "every gradient by it afterwards, but this weighting wrote gradients itself (GradNorm, a "
+                    "gradient aggregator), which would be divided too; use precision='bf16' or 'fp32'"
+                )
+            if not writes_gradients:
+                (total if scaler is None else scaler.scale(total)).backward()
+        distributed.average_gradients(averaged_by_hand)
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
         history.record_step(step, values, task_weights, float(total.detach()))
         if step % 10 == 0 or step == num_steps:
             bar.set_postfix(loss=f"{float(total.detach()):.4f}")

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from mtl_tutorial import distributed
 from mtl_tutorial.objectives import check_scalar_losses, weighted_sum
 
 
@@ -143,6 +144,7 @@ class GradNorm(LossWeighting):
     training loop's optimizer then applies); the model is trained on Σ_t λ_t L_t with λ held
     constant. A task whose loss fell less than the others (r_t > 1, the slower task) gets a larger
     target norm, so its weight grows. α: how strongly (0 pulls all norms to be equal).
+    Data-parallel, ∇_W L_t is averaged over the ranks first (``mtl_tutorial.distributed``).
     L_t(0) is the first loss seen for task t; it must be > 0. A step where every G_t is 0 (W not
     reached by any loss) raises: the weights could not move.
     """
@@ -184,12 +186,14 @@ class GradNorm(LossWeighting):
                 )
         positions = [self.tasks.index(task) for task in losses]
         weights = self.task_weights()[positions]  # (T_present,), depends on θ
-        norms = []
+        rows = []
         for loss in losses.values():
             grads = torch.autograd.grad(loss, self.shared_parameters, retain_graph=True, allow_unused=True)
-            used = [g.flatten() for g in grads if g is not None]
-            norms.append(torch.cat(used).norm() if used else weights.new_zeros(()))
-        grad_norms = weights * torch.stack(norms)  # G_t
+            rows.append(torch.cat([(torch.zeros_like(w) if g is None else g).flatten()
+                                   for w, g in zip(self.shared_parameters, grads)]))
+        # ∇_W L_t of the whole batch: the mean over data-parallel ranks (distributed; itself in one process)
+        task_grads = distributed.all_reduce_mean(torch.stack(rows))  # (T_present, |W|)
+        grad_norms = weights * task_grads.norm(dim=1)  # G_t
         if not bool(grad_norms.detach().abs().max() > 0):
             raise ValueError(
                 "every task's gradient norm at GradNorm's shared weights W is 0, so the task weights "

@@ -210,6 +210,12 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
     ``replacement=True``: an epoch is ``num_batches`` batches, tasks drawn i.i.d. from p_t, and
     each task's pass over its examples continues across epochs (``streams.passes`` counts them).
     Iterating again starts the next epoch. Same seed, same batches.
+
+    Data-parallel training (``mtl_tutorial.distributed``): with ``num_replicas=W, rank=r`` the
+    sampler yields rank r's shard of each global batch, positions r, r + W, r + 2W, ... of it, so
+    the W shards are disjoint and together make the batch. Every rank builds the sampler with the
+    same arguments and seed and so draws the same global batches: with single-task batches, every
+    rank trains the same task at each step. Every batch must hold at least W examples.
     """
 
     def __init__(
@@ -222,8 +228,14 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         replacement: bool = False,
         num_batches: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         check_batch_size(batch_size)
+        if not isinstance(num_replicas, int) or isinstance(num_replicas, bool) or num_replicas < 1:
+            raise ValueError(f"num_replicas (ranks sharing each batch) must be a positive int, got {num_replicas!r}")
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be an int in 0..{num_replicas - 1} for num_replicas={num_replicas}, got {rank!r}")
         if replacement:
             check_num_batches(num_batches)
         elif num_batches is not None:
@@ -241,8 +253,33 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
                 f"task(s) {', '.join(never)} have weight 0, but with replacement=False an epoch visits "
                 f"every example; give them a weight > 0, drop them, or sample with replacement=True"
             )
+        self.num_replicas, self.rank = num_replicas, rank
+        if num_replicas > 1:
+            self._check_shards()
         self.streams = TaskStreams(dataset, np.random.default_rng([seed, 2**31]))
         self.epoch = 0
+
+    def _check_shards(self) -> None:
+        """Raise unless every global batch holds at least one example per rank."""
+        if self.batch_size < self.num_replicas:
+            raise ValueError(
+                f"batch_size={self.batch_size} is smaller than num_replicas={self.num_replicas}: every rank needs at "
+                f"least one example of each batch; batch_size is the global batch (all ranks together), so use "
+                f"batch_size >= {self.num_replicas} or fewer processes"
+            )
+        if self.replacement:
+            return
+        sizes = {f"task {task!r}": size for task, size in self.dataset.sizes.items()}
+        if self.mixed:
+            sizes = {"the dataset": len(self.dataset)}
+        for name, size in sizes.items():
+            last = size % self.batch_size or self.batch_size
+            if last < self.num_replicas:
+                raise ValueError(
+                    f"{name} has {size} examples, so its last batch (batch_size={self.batch_size}) holds {last}, fewer "
+                    f"than the {self.num_replicas} ranks that share every batch; pick a batch_size that leaves at "
+                    f"least {self.num_replicas} in the last batch, or sample with replacement=True (full batches only)"
+                )
 
     def __len__(self) -> int:
         if self.replacement:
@@ -282,6 +319,11 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         return np.array([active_p.get(task, 0.0) for task in self.dataset.tasks])
 
     def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            yield batch[self.rank :: self.num_replicas]
+
+    def _global_batches(self) -> Iterator[list[int]]:
+        """One epoch of whole batches (every rank draws the same ones)."""
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         if self.replacement:
@@ -367,7 +409,11 @@ def multitask_loader(
     seed: int = 0,
     replacement: bool = False,
     num_batches: int | None = None,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> DataLoader:
     """A ``DataLoader`` of ``MultiTaskBatch``es driven by a ``MultiTaskBatchSampler`` (same arguments)."""
-    sampler = MultiTaskBatchSampler(dataset, batch_size, strategy, temperature, mixed, seed, replacement, num_batches)
+    sampler = MultiTaskBatchSampler(
+        dataset, batch_size, strategy, temperature, mixed, seed, replacement, num_batches, num_replicas, rank
+    )
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_multitask)
