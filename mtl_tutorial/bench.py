@@ -4,29 +4,42 @@
     mtl-tutorial bench aggregators    PCGrad, MGDA, CAGrad vs equal weighting, per training step
     mtl-tutorial bench solvers        the aggregators' weight solvers per call, T = 2, 4, 8, next to
                                       one forward + backward pass of chapter 06's model
+    mtl-tutorial bench serve          mixed-task batches on one backbone vs merged per-task models vs
+                                      adapter swapping, examples/s at T = 1, 4, 8 tasks
+    mtl-tutorial bench ddp            data-parallel training, examples/s of 1 and 2 CPU processes for
+                                      the same global batch (and float32 vs bf16 steps on CUDA)
 
 ``forward_latency`` times inference (chapter 08 compares a merged LoRA model with an unmerged one);
-``examples_per_second`` times training set-ups side by side (chapter 04's schedules).
+``examples_per_second`` times training set-ups side by side (chapter 04's schedules);
+``training_step_times`` times encoders' steps on one batch (chapter 09); ``StepClock`` and
+``training_step_memory`` give chapter 10's showdown its seconds and peak bytes per step, and
+``serving_throughput`` its serving comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import os
 import statistics
+import sys
 import time
 import warnings
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from mtl_tutorial import distributed
 from mtl_tutorial.aggregation import MODES, GradientAggregation, cagrad_weights, mgda_weights, pcgrad_weights
 from mtl_tutorial.backbone import count_parameters, load_backbone, mean_pool, quiet_transformers
 from mtl_tutorial.data import (
     MultiTaskBatch, MultiTaskBatchSampler, MultiTaskDataset, collate_multitask, load_text_tasks,
+    multitask_loader,
 )
-from mtl_tutorial.lora import apply_lora, copy_to_peft, lora_layers
+from mtl_tutorial.lora import MultiTaskLoRAModel, apply_lora, copy_to_peft, lora_layers
+from mtl_tutorial.merging import single_task_lora_model
 from mtl_tutorial.models import HardSharingModel, TextEncoderTrunk, mlp, train_top_layers
 from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.training import LossFunction, train
@@ -236,6 +249,259 @@ def examples_per_second(
     return results
 
 
+def training_step_times(
+    models: Mapping[str, nn.Module],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_steps: int = 5,
+    warmup: int = 2,
+    lr: float = 1e-4,
+) -> dict[str, float]:
+    """Median seconds of one training step (forward, backward, Adam step over the trainable
+    parameters) of each model on the same batch: ``{name: seconds}``.
+
+    models: name -> BERT-like encoder called as ``model(input_ids=..., attention_mask=...)``; the loss
+    is the mean square of the mean-pooled output, a stand-in for a head's loss (as in
+    ``lora_step_time``). The models take turns each step (the order rotates), so a machine that gets
+    busier or quieter slows all of them alike. The steps train the models (pass copies); they run in
+    train mode, and their mode is restored afterwards.
+    """
+    if num_steps < 1 or warmup < 0:
+        raise ValueError(f"num_steps must be >= 1 and warmup >= 0, got {num_steps} and {warmup}")
+    optimizers = {}
+    for name, model in models.items():
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError(f"model {name!r} has no trainable parameters")
+        optimizers[name] = torch.optim.Adam(trainable, lr=lr)
+    was_training = {name: model.training for name, model in models.items()}
+    names = list(models)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for k in range(warmup + num_steps):
+        for name in names[k % len(names):] + names[: k % len(names)]:
+            model = models[name].train()
+            start = time.perf_counter()
+            hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            loss = mean_pool(hidden, attention_mask).square().mean()
+            optimizers[name].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[name].step()
+            if k >= warmup:
+                times[name].append(time.perf_counter() - start)
+    for name, model in models.items():
+        model.train(was_training[name])
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+class StepClock:
+    """Seconds per training step of any loop, read off the optimizer: ``with StepClock(optimizer) as
+    clock: train(...)``, then ``clock.median()``.
+
+    ``clock.seconds[k]`` is the time between the ends of optimizer steps k and k + 1 (for k = 0: from
+    entering the block): a whole step (batch, forward, backward, update), nothing outside it.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer, self.ends = optimizer, []
+
+    def __enter__(self) -> StepClock:
+        self.ends = [time.perf_counter()]
+        self._handle = self.optimizer.register_step_post_hook(lambda *_: self.ends.append(time.perf_counter()))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    @property
+    def seconds(self) -> list[float]:
+        return [end - start for start, end in zip(self.ends, self.ends[1:])]
+
+    def median(self, skip: int = 1) -> float:
+        """Median seconds per step, leaving out the first ``skip`` steps (warm-up)."""
+        steps = self.seconds[skip:] or self.seconds
+        if not steps:
+            raise ValueError("no optimizer step was taken inside the StepClock block")
+        return statistics.median(steps)
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (its weights in memory), a shared tensor counted once."""
+    seen, total = set(), 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            total += tensor.numel() * tensor.element_size()
+    return total
+
+
+@contextlib.contextmanager
+def _no_native_stderr() -> Iterator[None]:
+    """Silence what C++ code writes to file descriptor 2 (the profiler's start/stop lines, which no
+    setting turns off); Python exceptions still propagate."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def training_step_memory(model: nn.Module, batch: MultiTaskBatch, loss_fns: Mapping[str, LossFunction]) -> dict:
+    """Peak memory of the first training step (forward, backward, Adam step) of a fresh copy of
+    ``model`` on ``batch``: its weights (``state_bytes``) plus the peak of what the step allocates
+    on top (activations, gradients, Adam's two moments, temporaries).
+
+    On CUDA the allocator's peak (``torch.cuda.max_memory_allocated``); on the CPU the torch
+    profiler's allocation events (every tensor torch allocates and frees, summed in time order).
+    Returns ``{"bytes": int, "measure": "cuda max_memory_allocated" | "cpu torch profiler"}``.
+    """
+    copy_ = copy.deepcopy(model)
+    trainable = [p for p in copy_.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"this {type(model).__name__} has no trainable parameters; nothing to step")
+    optimizer = torch.optim.Adam(trainable)
+    device = trainable[0].device
+    weights = state_bytes(copy_)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        train(copy_, [batch], loss_fns, 1, optimizer=optimizer, progress=False)
+        torch.cuda.synchronize(device)
+        return {"bytes": weights + torch.cuda.max_memory_allocated(device) - before,
+                "measure": "cuda max_memory_allocated"}
+    from torch.profiler import ProfilerActivity, profile
+
+    with _no_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        train(copy_, [batch], loss_fns, 1, optimizer=optimizer, progress=False)
+    events = sorted((e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return {"bytes": weights + peak, "measure": "cpu torch profiler"}
+
+
+def serving_setup(
+    num_tasks: int, r: int = 8, max_length: int = 32, num_texts: int = 512, seed: int = 0,
+    backbone: tuple[nn.Module, object] | None = None,
+) -> tuple[MultiTaskLoRAModel, list[str]]:
+    """A multi-task LoRA model with ``num_tasks`` tasks ("task0", ...) on the shipped MiniLM (LoRA on
+    query and value, B ~ N(0, 0.02²) so ΔW ≠ 0, a 2-class linear head per task) and ``num_texts``
+    test glosses of the shipped supersense task: what ``serving_throughput`` serves. Throughput does
+    not depend on what the weights learned, so none is trained."""
+    encoder, tokenizer = backbone if backbone is not None else load_backbone()
+    seed_everything(seed)
+    tasks = [f"task{t}" for t in range(num_tasks)]
+    heads = {task: nn.Linear(encoder.config.hidden_size, 2) for task in tasks}
+    model = MultiTaskLoRAModel(TextEncoderTrunk(copy.deepcopy(encoder), tokenizer, max_length), heads, r=r)
+    with torch.no_grad():
+        for layer in lora_layers(model.trunk).values():
+            for B in layer.B.values():
+                B.normal_(std=0.02)
+    texts = load_text_tasks(["supersense"], split="test", max_per_task=num_texts, seed=seed)["supersense"].texts
+    return model.eval(), list(texts)
+
+
+class _SwappingServer:
+    """One merged copy of the backbone; serving task t first rewrites every LoRA-targeted weight to
+    W0 + ΔW_t (the cost of swapping merged weights between single-task batches)."""
+
+    def __init__(self, model: MultiTaskLoRAModel) -> None:
+        self.source, self.active = model, None
+        self.model = single_task_lora_model(model, model.tasks[0])
+        self.model.heads = nn.ModuleDict(copy.deepcopy(dict(model.heads)))
+        self.targets = {name: self.model.trunk.get_submodule(name) for name in lora_layers(model.trunk)}
+        self.originals = {name: layer.base.weight.detach().clone() for name, layer in lora_layers(model.trunk).items()}
+
+    def __call__(self, texts: list[str], task: str) -> torch.Tensor:
+        if task != self.active:
+            with torch.no_grad():
+                for name, linear in self.targets.items():
+                    layer = self.source.trunk.get_submodule(name)
+                    linear.weight.copy_(self.originals[name]).addmm_(layer.B[task], layer.A[task], alpha=layer.scaling)
+            self.active = task
+        return self.model(texts, task)
+
+    def memory_bytes(self) -> int:
+        adapters = sum(t.numel() * t.element_size() for task in self.source.tasks
+                       for t in self.source.task_peft_state_dict(task).values())
+        return state_bytes(self.model) + adapters + sum(w.numel() * w.element_size() for w in self.originals.values())
+
+
+@torch.no_grad()
+def serving_throughput(
+    model: MultiTaskLoRAModel, texts: Sequence[str], batch_size: int = 32, num_batches: int = 4, rounds: int = 3,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Examples per second of three ways to serve mixed-task traffic with per-task LoRA, side by side.
+
+    Traffic: ``num_batches`` batches of ``batch_size`` requests, each request's task drawn uniformly
+    from ``model.tasks`` (seeded) and its text from ``texts``. The ways:
+
+    - ``"mixed batch"``: one backbone, unmerged LoRA, every batch in one pass (each example routed);
+    - ``"merged per task"``: one merged model per task (W0 + ΔW_t, T backbone copies); a batch is
+      split by task, one pass per task;
+    - ``"swapping"``: one merged copy whose weights are rewritten to W0 + ΔW_t before each task's part;
+    - ``"ceiling"``: one merged single-task model on single-task batches of the same size: what one
+      backbone pass per batch costs at best.
+
+    The set-ups take turns in an order that rotates every round, after one untimed warm-up round.
+    Returns name -> ``{"examples_per_s": median, "memory_bytes": weights held}``.
+    """
+    if batch_size < 1 or num_batches < 1 or rounds < 1:
+        raise ValueError(f"batch_size, num_batches and rounds must be >= 1, got {batch_size}, {num_batches}, {rounds}")
+    generator = torch.Generator().manual_seed(seed)
+    tasks = model.tasks
+    batches = []
+    for _ in range(num_batches):
+        picks = torch.randint(len(texts), (batch_size,), generator=generator).tolist()
+        names = [tasks[i] for i in torch.randint(len(tasks), (batch_size,), generator=generator).tolist()]
+        batches.append(([texts[i] for i in picks], names))
+    merged = {task: single_task_lora_model(model, task).eval() for task in tasks}
+    swapping = _SwappingServer(model)
+
+    def split_by_task(serve: Callable[[list[str], str], torch.Tensor]) -> Callable[[list[str], list[str]], None]:
+        def run(batch_texts: list[str], names: list[str]) -> None:
+            for task in dict.fromkeys(names):
+                serve([text for text, name in zip(batch_texts, names) if name == task], task)
+        return run
+
+    setups: dict[str, Callable[[list[str], list[str]], object]] = {
+        "mixed batch": lambda batch_texts, names: model(batch_texts, names),
+        "merged per task": split_by_task(lambda batch_texts, task: merged[task](batch_texts, task)),
+        "swapping": split_by_task(swapping),
+        "ceiling": lambda batch_texts, names: merged[tasks[0]](batch_texts, tasks[0]),
+    }
+    names_ = list(setups)
+    times: dict[str, list[float]] = {name: [] for name in names_}
+    for round_ in range(rounds + 1):
+        for name in names_[round_ % len(names_):] + names_[: round_ % len(names_)]:
+            start = time.perf_counter()
+            for batch_texts, names in batches:
+                setups[name](batch_texts, names)
+            if round_ > 0:
+                times[name].append(time.perf_counter() - start)
+    memory = {"mixed batch": state_bytes(model), "merged per task": sum(state_bytes(m) for m in merged.values()),
+              "swapping": swapping.memory_bytes(), "ceiling": state_bytes(merged[tasks[0]])}
+    return {name: {"examples_per_s": batch_size * num_batches / statistics.median(times[name]),
+                   "memory_bytes": memory[name]} for name in names_}
+
+
+def serving_table(results: Mapping[int, Mapping[str, Mapping[str, float]]]) -> str:
+    """``{T: serving_throughput(...)}`` as text: examples/s, the ratio to the ceiling, and weights in MB."""
+    lines = [f"{'T':>3}  {'set-up':<16}{'examples/s':>12}{'× ceiling':>11}{'weights MB':>12}"]
+    for num_tasks, result in results.items():
+        ceiling = result["ceiling"]["examples_per_s"]
+        for name, entry in result.items():
+            lines.append(f"{num_tasks:>3}  {name:<16}{entry['examples_per_s']:>12.1f}{entry['examples_per_s'] / ceiling:>11.2f}"
+                         f"{entry['memory_bytes'] / 2**20:>12.1f}")
+    return "\n".join(lines)
+
+
 def _seconds_per_call(fn: Callable[[], object], calls: int, rounds: int = 5) -> float:
     """Median over ``rounds`` of the mean wall time of ``calls`` calls of fn (after one warm-up call)."""
     fn()
@@ -295,22 +561,153 @@ def solver_time_table(times: Mapping[str, dict[int, float] | float]) -> str:
     return "\n".join(lines)
 
 
+def _ddp_step_times_on_this_rank(
+    batch_sizes: Sequence[int], num_steps: int, warmup: int, hidden: Sequence[int]
+) -> dict[int, float]:
+    """One rank of ``ddp_throughput``: seconds per training step at each global batch size."""
+    world, rank = distributed.world_size(), distributed.rank()
+    times = {}
+    for batch_size in batch_sizes:
+        model, train_data, _, loss_fns = distributed.correlated_tasks_setup(hidden=hidden)
+        loader = multitask_loader(MultiTaskDataset(train_data), batch_size, strategy="uniform", seed=0,
+                                  replacement=True, num_batches=warmup + num_steps, num_replicas=world, rank=rank)
+        batches = list(loader)
+        train(model, batches[:warmup], loss_fns, num_steps=warmup, progress=False)
+        if world > 1:
+            torch.distributed.barrier()
+        start = time.perf_counter()
+        train(model, batches[warmup:], loss_fns, num_steps=num_steps, progress=False)
+        times[batch_size] = (time.perf_counter() - start) / num_steps
+    return times
+
+
+def ddp_throughput(
+    batch_sizes: Sequence[int] = (32, 256, 1024),
+    world_sizes: Sequence[int] = (1, 2),
+    num_steps: int = 10,
+    warmup: int = 3,
+    hidden: Sequence[int] = (512, 512),
+    threads_per_process: int = 1,
+) -> dict[int, dict[int, dict[str, float]]]:
+    """Examples per second of data-parallel training on the CPU for W processes, same global batch.
+
+    Each W in ``world_sizes`` is one ``distributed.run_local`` of W gloo processes with
+    ``threads_per_process`` torch threads each (torchrun's default, 1), training
+    ``distributed.correlated_tasks_setup(hidden=hidden)`` with ``training.train`` on single-task
+    global batches of each size (each rank its shard, the same task on every rank): ``warmup``
+    untimed steps (DDP's set-up among them), then ``num_steps`` timed; a step takes the slowest
+    rank's time. Returns {batch_size: {W: {"seconds_per_step",
+    "examples_per_s", "speedup"}}}, speedup = examples/s ÷ that of the first W.
+    """
+    if num_steps < 1 or warmup < 1:
+        raise ValueError(f"num_steps and warmup must be >= 1, got {num_steps} and {warmup}")
+    seconds = {}
+    for world in world_sizes:
+        per_rank = distributed.run_local(_ddp_step_times_on_this_rank, world, tuple(batch_sizes), num_steps, warmup,
+                                         tuple(hidden), threads_per_process=threads_per_process)
+        seconds[world] = {b: max(times[b] for times in per_rank) for b in batch_sizes}
+    return {
+        b: {w: {"seconds_per_step": seconds[w][b], "examples_per_s": b / seconds[w][b],
+                "speedup": seconds[world_sizes[0]][b] / seconds[w][b]} for w in world_sizes}
+        for b in batch_sizes
+    }
+
+
+def ddp_table(results: Mapping[int, Mapping[int, Mapping[str, float]]]) -> str:
+    """The result of ``ddp_throughput`` as text: one line per global batch size and process count."""
+    first = next(iter(next(iter(results.values()))))
+    lines = [f"{'global batch':>12}{'processes':>11}{'ms/step':>10}{'examples/s':>12}{f'× {first} process':>14}"]
+    for batch_size, by_world in results.items():
+        for world, entry in by_world.items():
+            lines.append(f"{batch_size:>12}{world:>11}{entry['seconds_per_step'] * 1000:>10.1f}"
+                         f"{entry['examples_per_s']:>12.0f}{entry['speedup']:>14.2f}")
+    return "\n".join(lines)
+
+
+def precision_step_times(
+    device: torch.device,
+    precisions: Sequence[str] = ("fp32", "bf16"),
+    batch_size: int = 1024,
+    num_steps: int = 10,
+    warmup: int = 3,
+    hidden: Sequence[int] = (2048, 2048),
+) -> dict[str, dict[str, float]]:
+    """Seconds per training step of one process at each ``train(precision=...)``, on ``device``.
+
+    ``distributed.correlated_tasks_setup(hidden=hidden)``, mixed batches of ``batch_size``; ``warmup``
+    untimed steps, then ``num_steps`` timed (``train`` reads every step's loss, which waits for the
+    GPU). Returns {precision: {"seconds_per_step", "ratio"}}, ratio = seconds ÷ the first precision's.
+    """
+    if num_steps < 1 or warmup < 0:
+        raise ValueError(f"num_steps must be >= 1 and warmup >= 0, got {num_steps} and {warmup}")
+    seconds = {}
+    for precision in precisions:
+        model, train_data, _, loss_fns = distributed.correlated_tasks_setup(hidden=hidden)
+        batches = list(multitask_loader(MultiTaskDataset(train_data), batch_size, strategy="uniform", mixed=True,
+                                        seed=0, replacement=True, num_batches=warmup + num_steps))
+        settings = dict(device=device, precision=precision, progress=False)
+        if warmup:
+            train(model, batches[:warmup], loss_fns, num_steps=warmup, **settings)
+        start = time.perf_counter()
+        train(model, batches[warmup:], loss_fns, num_steps=num_steps, **settings)
+        seconds[precision] = (time.perf_counter() - start) / num_steps
+    first = seconds[precisions[0]]
+    return {p: {"seconds_per_step": s, "ratio": s / first} for p, s in seconds.items()}
+
+
+def precision_table(times: Mapping[str, Mapping[str, float]]) -> str:
+    """The result of ``precision_step_times`` as text: ms per step and the ratio to the first precision."""
+    first = next(iter(times))
+    lines = [f"{'precision':<10}{'ms/step':>10}{f'× {first}':>10}"]
+    lines += [f"{p:<10}{e['seconds_per_step'] * 1000:>10.2f}{e['ratio']:>10.2f}" for p, e in times.items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m mtl_tutorial.bench") -> int:
     """``lora``: our LoRA step vs peft's; ``aggregators``: PCGrad/MGDA/CAGrad steps vs equal weighting;
-    ``solvers``: the aggregators' weight solvers per call."""
+    ``solvers``: the aggregators' weight solvers per call; ``serve``: mixed-batch serving vs merged
+    models vs adapter swapping at T = 1, 4, 8 tasks."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Time training steps on MiniLM: our LoRA vs peft's (lora), or each gradient "
         "aggregator vs equal weighting (aggregators); or the aggregators' weight solvers for "
-        "T = 2, 4, 8 tasks next to a training pass of chapter 06's model (solvers).",
+        "T = 2, 4, 8 tasks next to a training pass of chapter 06's model (solvers); or serving T = 1, 4, 8 "
+        "tasks' LoRA in mixed batches vs merged per-task models vs adapter swapping (serve).",
     )
-    parser.add_argument("which", choices=("lora", "aggregators", "solvers"), help="what to time")
+    parser.add_argument("which", choices=("lora", "aggregators", "solvers", "serve", "ddp"), help="what to time")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=64, help="tokens per example")
     parser.add_argument("--rank", type=int, default=8, help="LoRA rank r (lora only)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (lora only)")
     args = parser.parse_args(argv)
+    if args.which == "ddp":
+        batch_sizes = tuple(sorted({args.batch_size, 256, 1024}))
+        print(f"Data-parallel training on the CPU (gloo): chapter 05's correlated tasks, mlp(100, 512, 512) trunk, "
+              f"single-task global batches of {', '.join(map(str, batch_sizes))}, {args.steps} timed steps, "
+              f"1 torch thread per process, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(ddp_table(ddp_throughput(batch_sizes, num_steps=args.steps)))
+        if torch.cuda.is_available():
+            print(f"One process on {torch.cuda.get_device_name()}, global batch 1024, mlp(100, 2048, 2048) trunk:")
+            print(precision_table(precision_step_times(torch.device("cuda"), num_steps=args.steps)))
+        else:
+            print("no CUDA GPU: float32 vs bf16 step times are measured on CUDA only")
+        return 0
+    if args.which == "serve":
+        backbone = load_backbone()
+        results = {}
+        for num_tasks in (1, 4, 8):
+            model, texts = serving_setup(num_tasks, r=args.rank, max_length=args.seq_len, backbone=backbone)
+            results[num_tasks] = serving_throughput(model, texts, batch_size=args.batch_size, num_batches=args.steps)
+        print(f"Serving mixed-task traffic with per-task LoRA (r = {args.rank}, query and value), MiniLM, batches of "
+              f"{args.batch_size} glosses (at most {args.seq_len} tokens), {args.steps} batches per round, torch "
+              f"threads {torch.get_num_threads()}")
+        print(serving_table(results))
+        at_8 = {name: entry["examples_per_s"] for name, entry in results[8].items()}
+        print(f"T = 8: mixed batch / ceiling = {at_8['mixed batch'] / at_8['ceiling']:.2f} (goal ≥ 0.80); "
+              f"mixed batch / swapping = {at_8['mixed batch'] / at_8['swapping']:.2f} (goal > 1); "
+              f"mixed batch / merged per task = {at_8['mixed batch'] / at_8['merged per task']:.2f}")
+        return 0
     if args.which == "solvers":
         print(f"Gradient-aggregation weight solvers (float64 Gram matrices), torch threads {torch.get_num_threads()}")
         print(solver_time_table(solver_times()))

@@ -6,6 +6,8 @@
     mtl-tutorial bench lora             time our LoRA step against peft's
     mtl-tutorial bench aggregators      time PCGrad, MGDA, CAGrad steps against equal weighting
     mtl-tutorial bench solvers          time the aggregators' weight solvers for T = 2, 4, 8 tasks
+    mtl-tutorial bench ddp              time data-parallel training: 1 vs 2 CPU processes, same global batch
+    mtl-tutorial bench serve            serve T = 1, 4, 8 tasks: mixed batches vs merged models vs swapping
     mtl-tutorial assign                 build the assignments' student versions in build/assignments/
     mtl-tutorial grade alice/06_*.ipynb autograde submissions, print a score table per submission
 """
@@ -30,8 +32,31 @@ def _requirements() -> list:
     return [Requirement(r) for r in metadata.requires(PROJECT) or []]
 
 
+def gpus_and_backends() -> list[tuple[str, str]]:
+    """doctor's lines on GPUs (name, memory, bfloat16 support) and torch.distributed's backends."""
+    import torch
+    import torch.distributed as dist
+
+    lines = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            gpu = torch.cuda.get_device_properties(index)
+            bf16 = "bf16 yes" if gpu.major >= 8 else "bf16 no (train with precision='fp16')"
+            lines.append((f"gpu {index}", f"{gpu.name}, {gpu.total_memory / 2**30:.1f} GiB, {bf16}"))
+    else:
+        lines.append(("gpu", "none (training runs on the CPU; precision='bf16' works there too)"))
+    if dist.is_available():
+        found = {"gloo": dist.is_gloo_available(), "nccl": dist.is_nccl_available(), "mpi": dist.is_mpi_available()}
+        summary = ", ".join(f"{name} {'yes' if available else 'no'}" for name, available in found.items())
+        lines.append(("distributed backends", summary))
+    else:
+        lines.append(("distributed backends", "none: this torch was built without torch.distributed"))
+    return lines
+
+
 def doctor(args: argparse.Namespace) -> int:
-    """Check versions, device, backbone, data and mode; one line per fact, non-zero on a problem."""
+    """Check versions, device, GPUs, distributed backends, backbone, data and mode; one line per fact,
+    non-zero on a problem."""
     problems: list[str] = []
 
     def ok(label: str, value: str) -> None:
@@ -67,6 +92,8 @@ def doctor(args: argparse.Namespace) -> int:
         ok("device", str(get_device()))
     except (RuntimeError, ValueError) as err:
         problem("device", str(err))
+    for label, value in gpus_and_backends():
+        ok(label, value)
     try:
         ok("mode", "fast (MTL_TUTORIAL_FAST=1)" if fast_mode() else "full (set MTL_TUTORIAL_FAST=1 for fast)")
     except ValueError as err:
@@ -163,7 +190,7 @@ def _seconds(text: str) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    """Hand over to ``mtl_tutorial.bench`` (``lora``, ``aggregators`` or ``solvers``, with their options)."""
+    """Hand over to ``mtl_tutorial.bench`` (``lora``, ``aggregators``, ``solvers``, ``serve``, ..., with their options)."""
     from mtl_tutorial.bench import main as bench_main
 
     return bench_main(args.bench_args, prog="mtl-tutorial bench")
@@ -240,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 600 in fast mode, 1800 in full mode)")
     p.set_defaults(func=run_command)
 
-    p = verbs.add_parser("bench", add_help=False, help="time our LoRA vs peft's, the gradient aggregators, or their solvers",
+    p = verbs.add_parser("bench", add_help=False, help="time our LoRA vs peft's, the gradient aggregators, their solvers, or multi-task serving",
                          description="Time training steps; see mtl-tutorial bench --help.")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=bench_command)

@@ -292,8 +292,9 @@ class MultiTaskLoRAModel(MultiTaskPEFTModel):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(trunk, heads)
+        target_modules = (target_modules,) if isinstance(target_modules, str) else tuple(target_modules)
         apply_lora(self.trunk, target_modules, r, alpha, dropout, tasks=self.tasks)
-        self.r, self.alpha = r, alpha
+        self.r, self.alpha, self.target_modules = r, alpha, target_modules
 
     def task_peft_state_dict(self, task: str) -> dict[str, torch.Tensor]:
         """``lora.<layer>.A`` (r, in) and ``lora.<layer>.B`` (out, r) of task ``task``, for each LoRA layer."""
@@ -303,7 +304,7 @@ class MultiTaskLoRAModel(MultiTaskPEFTModel):
         return state
 
     def task_metadata(self) -> dict[str, str]:
-        return {"r": str(self.r), "alpha": str(self.alpha)}
+        return {"r": str(self.r), "alpha": str(self.alpha), "target_modules": ",".join(self.target_modules)}
 
 
 def copy_to_peft(model: nn.Module, peft_model: nn.Module, adapter_name: str = "default", task: str | None = None) -> int:

@@ -9,7 +9,8 @@ its own head. Two things are the same for every method and live here, once:
   for a mixed-task batch (which peft allows at inference only; here it works in training too).
 - **one task's state**: ``MultiTaskPEFTModel`` saves and loads what one task owns (its PEFT tensors
   and its head) to a safetensors file, without the backbone, and refuses a file saved with other
-  hyper-parameters (``task_metadata``) instead of loading it into the wrong architecture.
+  hyper-parameters (``task_metadata``) or on another backbone (its fingerprint) instead of loading
+  it into the wrong model.
 
 ``no_target_error`` is the one error every injection (``apply_adapters``, ``apply_lora``,
 ``apply_prefix``, ``PromptTunedEncoder``) raises when it finds nowhere to go.
@@ -25,6 +26,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from mtl_tutorial.backbone import backbone_fingerprint
 from mtl_tutorial.models import HardSharingModel
 
 TaskRouting = str | dict[str, torch.Tensor] | None
@@ -137,7 +139,7 @@ def _metadata_mismatches(saved: dict[str, str], own: dict[str, str]) -> list[str
     def shown(metadata: dict[str, str], key: str) -> str:
         return repr(metadata[key]) if key in metadata else "nothing"
 
-    keys = sorted((saved.keys() | own.keys()) - {"format", "task"})
+    keys = sorted((saved.keys() | own.keys()) - {"format", "task", "backbone"})  # the backbone is checked on its own
     return [f"{key}={shown(saved, key)} in the file but {shown(own, key)} here" for key in keys if saved.get(key) != own.get(key)]
 
 
@@ -179,18 +181,25 @@ class MultiTaskPEFTModel(HardSharingModel):
         """Trainable parameters of one task: its PEFT tensors and its head."""
         return sum(tensor.numel() for tensor in self.task_state_dict(task).values())
 
+    def saved_metadata(self) -> dict[str, str]:
+        """What ``save_task`` writes beside the tensors and ``load_task`` checks: the hyper-parameters
+        (``task_metadata``) and the backbone's fingerprint (``backbone.backbone_fingerprint``)."""
+        fingerprint = backbone_fingerprint(self.trunk)
+        return {**self.task_metadata(), **({"backbone": fingerprint} if fingerprint else {})}
+
     def save_task(self, task: str, path: str | os.PathLike) -> None:
         """Write one task's PEFT tensors and head to a safetensors file (no backbone)."""
         from safetensors.torch import save_file
 
         tensors = {k: t.detach().cpu().clone().contiguous() for k, t in self.task_state_dict(task).items()}
-        save_file(tensors, str(path), metadata={"format": self.save_format, "task": task, **self.task_metadata()})
+        save_file(tensors, str(path), metadata={"format": self.save_format, "task": task, **self.saved_metadata()})
 
     def load_task(self, task: str, path: str | os.PathLike) -> None:
         """Overwrite task ``task``'s PEFT tensors and head with those ``save_task`` wrote.
 
         Refuses, naming the file: a missing file, one that is not a saved task (or is damaged), one
-        saved by another kind of model or with other hyper-parameters, or tensors of other names or shapes.
+        saved by another kind of model, on another backbone or with other hyper-parameters, or
+        tensors of other names or shapes.
         """
         from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
@@ -211,7 +220,13 @@ class MultiTaskPEFTModel(HardSharingModel):
                 f"{path} holds {stored.get('format') or 'an unknown format'}, not {self.save_format}; load it into "
                 f"the same kind of model that saved it"
             )
-        mismatches = _metadata_mismatches(stored, self.task_metadata())
+        own_metadata = self.saved_metadata()
+        if "backbone" in stored and "backbone" in own_metadata and stored["backbone"] != own_metadata["backbone"]:
+            raise ValueError(
+                f"{path} was trained on another backbone (fingerprint {stored['backbone']}, this model's is "
+                f"{own_metadata['backbone']}); load it into the backbone it was trained on"
+            )
+        mismatches = _metadata_mismatches(stored, own_metadata)
         if mismatches:
             raise ValueError(
                 f"{path} was saved by a model with other settings: {'; '.join(mismatches)}; build the model "

@@ -29,20 +29,17 @@ inside the layers.
 
 Layout, as in peft: the layers (``PrefixEncoder``, ``PrefixSelfAttention``), the injection
 (``apply_prefix``), the bookkeeping (``MultiTaskPrefixModel``, ``copy_to_peft``), then prompt
-tuning (``PromptTunedEncoder``) and the step timer of chapter 09 (``training_step_times``).
+tuning (``PromptTunedEncoder``).
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtl_tutorial.backbone import mean_pool
 from mtl_tutorial.multitask_peft import MultiTaskPEFTModel, TaskRoutedLayer, check_task_names, no_target_error
 
 if TYPE_CHECKING:
@@ -393,47 +390,3 @@ class PromptTunedEncoder(nn.Module):
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs
         ).last_hidden_state
         return BaseModelOutput(last_hidden_state=hidden[:, num_prompt:])
-
-
-def training_step_times(
-    models: Mapping[str, nn.Module],
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    num_steps: int = 5,
-    warmup: int = 2,
-    lr: float = 1e-4,
-) -> dict[str, float]:
-    """Median seconds of one training step (forward, backward, Adam step over the trainable
-    parameters) of each model on the same batch: ``{name: seconds}``.
-
-    models: name -> BERT-like encoder called as ``model(input_ids=..., attention_mask=...)``; the loss
-    is the mean square of the mean-pooled output, a stand-in for a head's loss (as in
-    ``bench.lora_step_time``). The models take turns each step (the order rotates), so a machine
-    that gets busier or quieter slows all of them alike. The steps train the models (pass copies);
-    they run in train mode, and their mode is restored afterwards.
-    """
-    if num_steps < 1 or warmup < 0:
-        raise ValueError(f"num_steps must be >= 1 and warmup >= 0, got {num_steps} and {warmup}")
-    optimizers = {}
-    for name, model in models.items():
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
-            raise ValueError(f"model {name!r} has no trainable parameters")
-        optimizers[name] = torch.optim.Adam(trainable, lr=lr)
-    was_training = {name: model.training for name, model in models.items()}
-    names = list(models)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for k in range(warmup + num_steps):
-        for name in names[k % len(names):] + names[: k % len(names)]:
-            model = models[name].train()
-            start = time.perf_counter()
-            hidden = model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            loss = mean_pool(hidden, attention_mask).square().mean()
-            optimizers[name].zero_grad(set_to_none=True)
-            loss.backward()
-            optimizers[name].step()
-            if k >= warmup:
-                times[name].append(time.perf_counter() - start)
-    for name, model in models.items():
-        model.train(was_training[name])
-    return {name: statistics.median(values) for name, values in times.items()}

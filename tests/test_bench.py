@@ -85,3 +85,178 @@ def test_step_time_table_shows_ms_ratios_and_goals_as_goals_not_checks():
     assert lines[2].split() == ["mgda/parameters", "25.0", "2.50", "≤", "4.5"]
     assert lines[3].split() == ["mgda/representation", "18.0", "1.80", "≤", "1.5"]
     assert lines[4].startswith("* the cost goal on a real trunk") and "not a check" in lines[4]
+
+
+def test_training_step_times_on_a_tiny_bert():
+    import copy
+
+    import torch
+
+    from mtl_tutorial.bench import training_step_times
+    from mtl_tutorial.prefix import apply_prefix
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    torch.manual_seed(0)
+    full = BertModel(config).eval()
+    prefixed = apply_prefix(copy.deepcopy(full), 2)
+    input_ids, mask = torch.randint(50, (2, 5)), torch.ones(2, 5, dtype=torch.long)
+    times = training_step_times({"prefix": prefixed, "full": full}, input_ids, mask, num_steps=2, warmup=1)
+    assert set(times) == {"prefix", "full"} and all(t > 0 for t in times.values())
+    assert not full.training and not prefixed.training
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        training_step_times({"frozen": copy.deepcopy(full).requires_grad_(False)}, input_ids, mask)
+
+
+# --- chapter 10: step clock, step memory, serving ----------------------------------------------
+
+
+def test_step_clock_times_the_interval_between_optimizer_steps():
+    import time
+
+    import torch
+
+    from mtl_tutorial.bench import StepClock
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    with StepClock(optimizer) as clock:
+        for pause in (0.05, 0.01, 0.01, 0.01):
+            time.sleep(pause)
+            optimizer.step()
+    optimizer.step()  # after the block: not recorded
+    assert len(clock.seconds) == 4 and clock.seconds[0] >= 0.05
+    assert 0.01 <= clock.median() < 0.04  # the slow first step is left out
+    with StepClock(optimizer) as idle:
+        pass
+    with pytest.raises(ValueError, match="no optimizer step"):
+        idle.median()
+
+
+def test_state_bytes_counts_parameters_and_buffers_and_shared_tensors_once():
+    import torch
+
+    from mtl_tutorial.bench import state_bytes
+
+    assert state_bytes(torch.nn.Linear(3, 4)) == (12 + 4) * 4
+    assert state_bytes(torch.nn.BatchNorm1d(5)) == 4 * (5 + 5 + 5 + 5) + 8  # weight, bias, running mean/var; count
+    tied = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
+    tied[1].weight = tied[0].weight
+    assert state_bytes(tied) == 40 * 4
+
+
+def test_training_step_memory_sees_gradients_adam_state_and_activations():
+    import torch
+
+    from mtl_tutorial.bench import training_step_memory
+    from mtl_tutorial.data import MultiTaskBatch
+    from mtl_tutorial.models import HardSharingModel
+
+    torch.manual_seed(0)
+    model = HardSharingModel(torch.nn.Sequential(torch.nn.Linear(500, 1000), torch.nn.ReLU()), {"a": torch.nn.Linear(1000, 3)})
+    trunk_bytes = 4 * (500 * 1000 + 1000)
+
+    def batch(n):
+        return MultiTaskBatch(("a",) * n, torch.arange(n), torch.randn(n, 500), torch.zeros(n, dtype=torch.long))
+
+    loss_fns = {"a": torch.nn.functional.cross_entropy}
+    small = training_step_memory(model, batch(8), loss_fns)
+    assert small["measure"] == "cpu torch profiler"
+    assert small["bytes"] >= 4 * trunk_bytes  # weights, gradients and Adam's two moments of the trunk
+    assert small["bytes"] < 8 * trunk_bytes  # (plus Adam's temporaries of the parameters' size)
+    large = training_step_memory(model, batch(2048), loss_fns)
+    assert large["bytes"] - small["bytes"] > 2040 * 1000 * 4  # the trunk's activations grow with the batch
+    model.trunk.requires_grad_(False)
+    frozen = training_step_memory(model, batch(8), loss_fns)
+    assert trunk_bytes < frozen["bytes"] < 1.5 * trunk_bytes  # the weights, but no gradient or Adam state
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        training_step_memory(model, batch(8), loss_fns)
+
+
+@pytest.fixture(scope="module")
+def serving_model():
+    from mtl_tutorial.bench import serving_setup
+
+    return serving_setup(3, r=2, max_length=16, num_texts=24)
+
+
+def test_serving_setup_and_the_swapping_server_serve_each_task_exactly(serving_model):
+    import torch
+
+    from mtl_tutorial.bench import _SwappingServer
+    from mtl_tutorial.lora import lora_layers
+
+    model, texts = serving_model
+    assert model.tasks == ("task0", "task1", "task2") and len(texts) == 24
+    assert all(B.abs().sum() > 0 for layer in lora_layers(model.trunk).values() for B in layer.B.values())
+    swapping = _SwappingServer(model)
+    with torch.no_grad():
+        for task in ("task1", "task0", "task2", "task1"):  # swap back and forth
+            torch.testing.assert_close(swapping(texts[:5], task), model(texts[:5], task), atol=1e-5, rtol=1e-5)
+
+
+def test_serving_throughput_reports_every_set_up_and_its_weights(serving_model):
+    from mtl_tutorial.bench import serving_table, serving_throughput, state_bytes
+
+    model, texts = serving_model
+    result = serving_throughput(model, texts, batch_size=6, num_batches=1, rounds=1)
+    assert list(result) == ["mixed batch", "merged per task", "swapping", "ceiling"]
+    assert all(entry["examples_per_s"] > 0 for entry in result.values())
+    one_copy = result["ceiling"]["memory_bytes"]
+    assert result["merged per task"]["memory_bytes"] == 3 * one_copy  # a merged backbone per task
+    assert result["mixed batch"]["memory_bytes"] == state_bytes(model) < 1.1 * one_copy
+    assert one_copy < result["swapping"]["memory_bytes"] < 1.2 * one_copy
+    lines = serving_table({3: result}).splitlines()
+    assert lines[0].split() == ["T", "set-up", "examples/s", "×", "ceiling", "weights", "MB"]
+    assert lines[4].split()[-2] == "1.00" and lines[4].split()[1] == "ceiling"
+    with pytest.raises(ValueError, match="must be >= 1"):
+        serving_throughput(model, texts, batch_size=0)
+
+
+def test_ddp_throughput_times_one_and_two_processes_on_the_same_global_batches():
+    from mtl_tutorial.bench import ddp_table, ddp_throughput
+
+    results = ddp_throughput(batch_sizes=(8, 16), world_sizes=(1, 2), num_steps=2, warmup=1, hidden=(8,))
+    assert list(results) == [8, 16] and all(list(by_world) == [1, 2] for by_world in results.values())
+    for batch_size, by_world in results.items():
+        assert by_world[1]["speedup"] == 1.0
+        for entry in by_world.values():
+            assert entry["examples_per_s"] == pytest.approx(batch_size / entry["seconds_per_step"])
+        assert by_world[2]["speedup"] == pytest.approx(by_world[2]["examples_per_s"] / by_world[1]["examples_per_s"])
+    lines = ddp_table(results).splitlines()
+    assert lines[0].split() == ["global", "batch", "processes", "ms/step", "examples/s", "×", "1", "process"]
+    assert lines[4].split()[:2] == ["16", "2"] and lines[4].split()[-1] == f"{results[16][2]['speedup']:.2f}"
+    with pytest.raises(ValueError, match="warmup must be >= 1"):
+        ddp_throughput(warmup=0)
+
+
+def test_precision_step_times_compare_bf16_with_float32_steps():
+    import torch
+
+    from mtl_tutorial.bench import precision_step_times, precision_table
+
+    times = precision_step_times(torch.device("cpu"), batch_size=16, num_steps=2, warmup=1, hidden=(8,))
+    assert list(times) == ["fp32", "bf16"] and times["fp32"]["ratio"] == 1.0
+    assert times["bf16"]["ratio"] == pytest.approx(times["bf16"]["seconds_per_step"] / times["fp32"]["seconds_per_step"])
+    lines = precision_table(times).splitlines()
+    assert lines[0].split() == ["precision", "ms/step", "×", "fp32"]
+    assert lines[2].split() == ["bf16", f"{times['bf16']['seconds_per_step'] * 1000:.2f}", f"{times['bf16']['ratio']:.2f}"]
+
+
+def test_main_ddp_prints_the_table_with_the_load_and_says_when_there_is_no_gpu(monkeypatch, capsys):
+    import torch
+
+    seen = {}
+
+    def fake(batch_sizes, num_steps):
+        seen["batch_sizes"], seen["num_steps"] = batch_sizes, num_steps
+        return {b: {1: {"seconds_per_step": 0.01, "examples_per_s": b / 0.01, "speedup": 1.0},
+                    2: {"seconds_per_step": 0.02, "examples_per_s": b / 0.02, "speedup": 0.5}} for b in batch_sizes}
+
+    monkeypatch.setattr("mtl_tutorial.bench.ddp_throughput", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["ddp", "--steps", "4"]) == 0
+    out = capsys.readouterr().out
+    assert seen == {"batch_sizes": (32, 256, 1024), "num_steps": 4}
+    assert "load average" in out and "1 torch thread per process" in out
+    assert "0.50" in out and "no CUDA GPU" in out

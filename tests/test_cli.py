@@ -77,7 +77,18 @@ def test_list_shows_titles_and_readme_runtimes(capsys):
     line = next(line for line in out.splitlines() if line.startswith("00 "))
     assert "Getting started" in line and "00_getting_started.ipynb" in line
     assert chapter_00.runtimes["fast CPU"] in line
-    assert "(not written yet)" in out  # later chapters are listed before they exist
+
+
+def test_a_planned_chapter_is_listed_before_its_notebook_exists(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "00_getting_started.ipynb").write_text("{}")
+    (tmp_path / "README.md").write_text(
+        "| NN | Chapter | What you learn | fast CPU | full CPU | full GPU |\n|---|---|---|---|---|---|\n"
+        "| 00 | [Getting started](notebooks/00_getting_started.ipynb) | the map | 10 s | 10 s | n/a |\n"
+        "| 01 | Later | what comes | planned | planned | planned |\n"
+    )
+    chapters = list_chapters(tmp_path)
+    assert [(c.number, c.path is not None) for c in chapters] == [("00", True), ("01", False)]
 
 
 def test_readme_table_covers_every_notebook_with_measured_runtimes():
@@ -248,3 +259,31 @@ def test_patient_shell_channel_finds_a_reply_whose_wake_up_a_send_swallowed():
     msg_type, seconds = asyncio.run(scenario())
     assert msg_type == "execute_reply"
     assert seconds < 2
+
+
+def test_doctor_reports_each_gpu_with_its_memory_and_bf16_support_and_the_distributed_backends(monkeypatch):
+    import types
+
+    import torch
+
+    gpus = [types.SimpleNamespace(name="NVIDIA H200", total_memory=141 * 2**30, major=9),
+            types.SimpleNamespace(name="Tesla T4", total_memory=15 * 2**30, major=7)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: gpus[index])
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    assert cli.gpus_and_backends() == [
+        ("gpu 0", "NVIDIA H200, 141.0 GiB, bf16 yes"),
+        ("gpu 1", "Tesla T4, 15.0 GiB, bf16 no (train with precision='fp16')"),
+        ("distributed backends", f"gloo {'yes' if torch.distributed.is_gloo_available() else 'no'}, nccl yes, "
+                                 f"mpi {'yes' if torch.distributed.is_mpi_available() else 'no'}"),
+    ]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.gpus_and_backends()[0] == ("gpu", "none (training runs on the CPU; precision='bf16' works there too)")
+
+
+def test_doctor_prints_the_gpu_and_backend_lines(capsys):
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for label, value in cli.gpus_and_backends():
+        assert f"  ok       {label:<22} {value}" in out

@@ -36,6 +36,7 @@ MISTAKES = {
     "09_scaled_by_hidden_size.ipynb": ("09_prefix_tuning", "a09_attention", "d the HEAD size"),
     "03_every_pair_twice.ipynb": ("03_soft_sharing_and_task_relations", "a03_penalty", "each unordered pair s < t once"),
     "04_always_before_minus_after.ipynb": ("04_training_schedules", "a04_forgetting", "after − before when lower is better"),
+    "10_mean_over_all_tasks.ipynb": ("10_peft_showdown_and_deployment", "a10_disjoint", "divide each entry by the number of tasks that agree"),
     "11_negated_without_scale.ipynb": ("11_adversarial_and_meta_learning", "a11_reversal", "multiply by −λ, not just negate"),
 }
 OTHER_FIXTURES = {"06_endless_loop.ipynb"}  # graded by the endless-loop test

@@ -124,6 +124,14 @@ def test_load_rejects_a_file_of_another_shape_or_format(tmp_path):
     model.save_task("sentiment", tmp_path / "sentiment.safetensors")
     with pytest.raises(ValueError, match="head.weight has shape \\(3, 5\\) in .* but \\(4, 5\\) here"):
         model.load_task("pos", tmp_path / "sentiment.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "sentiment.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    renamed = {("bias2" if k == "bias" else k): t for k, t in model.task_state_dict("sentiment").items()}
+    save_file({k: t.detach().clone() for k, t in renamed.items()}, str(tmp_path / "renamed.safetensors"), metadata)
+    with pytest.raises(ValueError, match=r"does not fit task 'sentiment' of this model: missing \['bias'\], unexpected \['bias2'\]"):
+        model.load_task("sentiment", tmp_path / "renamed.safetensors")
 
 
 def test_load_names_the_path_of_a_missing_damaged_or_foreign_file(tmp_path):

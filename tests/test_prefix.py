@@ -19,7 +19,6 @@ from mtl_tutorial.prefix import (
     copy_to_peft,
     extend_attention_mask,
     prefix_parameter_count,
-    training_step_times,
 )
 from mtl_tutorial.training import train
 
@@ -250,18 +249,3 @@ def test_a_deep_copy_has_its_own_prefixes():
     assert all(layer.attention.self.prefix_encoder is twin.prefix_encoder for layer in twin.encoder.layer)
     torch.testing.assert_close(model(input_ids=input_ids).last_hidden_state, before, rtol=0, atol=0)
     assert not torch.allclose(twin(input_ids=input_ids).last_hidden_state, before)
-
-
-def test_training_step_times_on_a_tiny_bert():
-    from transformers import BertConfig, BertModel
-
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
-    torch.manual_seed(0)
-    full = BertModel(config).eval()
-    prefixed = apply_prefix(copy.deepcopy(full), 2)
-    input_ids, mask = torch.randint(50, (2, 5)), torch.ones(2, 5, dtype=torch.long)
-    times = training_step_times({"prefix": prefixed, "full": full}, input_ids, mask, num_steps=2, warmup=1)
-    assert set(times) == {"prefix", "full"} and all(t > 0 for t in times.values())
-    assert not full.training and not prefixed.training
-    with pytest.raises(ValueError, match="no trainable parameters"):
-        training_step_times({"frozen": copy.deepcopy(full).requires_grad_(False)}, input_ids, mask)

@@ -1,0 +1,195 @@
+"""Serving many tasks on one frozen backbone: per-task files in, (task, text) requests out.
+
+A deployment keeps the backbone once in memory and, per task, only what ``save_task`` wrote (its
+PEFT tensors and head: kilobytes to a few MB). A batch of requests may mix tasks: each example is
+routed through its own task's modules (``multitask_peft.task_routing``), so the batch costs one
+backbone pass however many tasks it holds.
+
+    predictor = MultiTaskPredictor.from_files({"supersense": "supersense.safetensors", ...}, backbone, tokenizer)
+    predictor.predict([("supersense", "a small carnivorous mammal"), ("pos", "to move quickly")])
+
+``from_files`` reads the method and its hyper-parameters from the files' metadata and refuses files
+saved by different methods or settings, or on another backbone (``MultiTaskPEFTModel.load_task``).
+Texts longer than the trunk's ``max_length`` tokens are truncated with a warning, or refused.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Mapping, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from mtl_tutorial.adapter import MultiTaskAdapterModel
+from mtl_tutorial.lora import MultiTaskLoRAModel
+from mtl_tutorial.models import TextEncoderTrunk
+from mtl_tutorial.multitask_peft import MultiTaskPEFTModel
+from mtl_tutorial.prefix import MultiTaskPrefixModel
+
+MODEL_CLASSES: dict[str, type[MultiTaskPEFTModel]] = {
+    cls.save_format: cls for cls in (MultiTaskAdapterModel, MultiTaskLoRAModel, MultiTaskPrefixModel)
+}
+"""The ``format`` a saved task file names -> the multi-task model class that reads it."""
+
+TRUNCATION = ("warn", "error")
+
+
+class Prediction(NamedTuple):
+    """The answer to one request: its task, the arg-max class, the logits (C_t,), and whether the
+    text was cut to ``max_length`` tokens."""
+
+    task: str
+    label: int
+    logits: torch.Tensor
+    truncated: bool
+
+
+def read_task_file(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Size]]:
+    """(metadata, tensor name -> shape) of a file written by ``save_task``, without loading the tensors."""
+    from safetensors import SafetensorError, safe_open
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no saved task at {path}: the file does not exist; save_task(task, path) writes one")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}, {key: handle.get_slice(key).get_shape() for key in handle.keys()}
+    except SafetensorError as error:
+        raise ValueError(f"{path} is not a task saved by save_task, or it is damaged (safetensors: {error})") from error
+
+
+def _number(text: str) -> int | float:
+    """The int or float ``str`` wrote (so that it is written back the same)."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _model_arguments(metadata: Mapping[str, str], path: str | os.PathLike) -> dict:
+    """The keyword arguments that rebuild the model class a file's metadata names."""
+    format_ = metadata.get("format")
+    if format_ not in MODEL_CLASSES:
+        raise ValueError(
+            f"{path} holds {format_ or 'no format'}, not a multi-task PEFT task; MultiTaskPredictor reads "
+            f"{', '.join(MODEL_CLASSES)}"
+        )
+    if format_ == MultiTaskLoRAModel.save_format:
+        return {"target_modules": tuple(metadata["target_modules"].split(",")), "r": int(metadata["r"]),
+                "alpha": _number(metadata["alpha"])}
+    if format_ == MultiTaskAdapterModel.save_format:
+        return {"bottleneck_size": int(metadata["bottleneck_size"]), "placement": metadata["placement"],
+                "activation": metadata["activation"]}
+    projection = metadata["projection_hidden"]
+    return {"num_virtual_tokens": int(metadata["num_virtual_tokens"]),
+            "projection_hidden": None if projection == "None" else int(projection)}
+
+
+def _linear_head(shapes: Mapping[str, torch.Size], path: str | os.PathLike) -> nn.Linear:
+    """An empty ``nn.Linear`` head of the shape a task file stores (``head.weight`` (C, H), ``head.bias``)."""
+    head_keys = {key for key in shapes if key.startswith("head.")}
+    if head_keys != {"head.weight", "head.bias"}:
+        raise ValueError(
+            f"{path} holds a head with tensors {sorted(head_keys)}; from_files rebuilds linear heads only: "
+            f"build the model yourself, load_task each file, and pass it to MultiTaskPredictor(model)"
+        )
+    num_classes, hidden = shapes["head.weight"]
+    return nn.Linear(hidden, num_classes)
+
+
+class MultiTaskPredictor:
+    """Answers batches of (task, text) requests with one multi-task PEFT model, one forward pass per
+    batch of up to ``batch_size`` requests whatever their tasks.
+
+    model: a ``MultiTaskPEFTModel`` whose trunk is a ``TextEncoderTrunk`` (its ``max_length`` is the
+    length limit); truncation: ``"warn"`` cuts longer texts and warns, ``"error"`` refuses them.
+    """
+
+    def __init__(self, model: MultiTaskPEFTModel, truncation: str = "warn") -> None:
+        if not isinstance(model, MultiTaskPEFTModel) or not isinstance(model.trunk, TextEncoderTrunk):
+            raise TypeError(
+                f"MultiTaskPredictor serves a MultiTaskPEFTModel on a TextEncoderTrunk, got {type(model).__name__}"
+                + (f" on a {type(model.trunk).__name__}" if hasattr(model, "trunk") else "")
+            )
+        if truncation not in TRUNCATION:
+            raise ValueError(f"truncation must be 'warn' (cut and warn) or 'error' (refuse), got {truncation!r}")
+        self.model, self.truncation = model.eval(), truncation
+        self.tokenizer, self.max_length = model.trunk.tokenizer, model.trunk.max_length
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.model.tasks
+
+    @classmethod
+    def from_files(
+        cls,
+        files: Mapping[str, str | os.PathLike],
+        backbone: nn.Module,
+        tokenizer,
+        max_length: int = 128,
+        truncation: str = "warn",
+    ) -> MultiTaskPredictor:
+        """Build the model the files were saved from on ``backbone`` (left unchanged: a copy is
+        wrapped), load each task's file, and serve them. files: task -> path written by ``save_task``.
+        All files must come from one method with the same settings (read from their metadata)."""
+        import copy
+
+        if not files:
+            raise ValueError("files is empty; pass {task: path of the file save_task wrote}")
+        first_task, first_path = next(iter(files.items()))
+        first_metadata, _ = read_task_file(first_path)
+        heads = {}
+        for task, path in files.items():
+            metadata, shapes = read_task_file(path)
+            others = sorted((metadata.keys() | first_metadata.keys()) - {"task", "format", "backbone"})
+            for key in ["format", "backbone", *others]:
+                if metadata.get(key) != first_metadata.get(key):
+                    raise ValueError(
+                        f"{path} (task {task!r}) was saved with {key}={metadata.get(key)!r} but {first_path} (task "
+                        f"{first_task!r}) with {key}={first_metadata.get(key)!r}; one predictor serves tasks of one "
+                        f"method with the same settings on the same backbone"
+                    )
+            heads[task] = _linear_head(shapes, path)
+        model_class = MODEL_CLASSES.get(first_metadata.get("format"))
+        arguments = _model_arguments(first_metadata, first_path)
+        trunk = TextEncoderTrunk(copy.deepcopy(backbone), tokenizer, max_length)
+        model = model_class(trunk, heads, **arguments)
+        for task, path in files.items():
+            model.load_task(task, path)
+        return cls(model, truncation)
+
+    def _check_requests(self, requests: Sequence[tuple[str, str]]) -> list[bool]:
+        """Each request is (known task, text); returns, per request, whether its text is too long."""
+        if isinstance(requests, tuple) and len(requests) == 2 and all(isinstance(r, str) for r in requests):
+            raise TypeError("predict takes a list of (task, text) requests; wrap a single one: [(task, text)]")
+        for i, request in enumerate(requests):
+            if not (isinstance(request, (tuple, list)) and len(request) == 2 and all(isinstance(r, str) for r in request)):
+                raise TypeError(f"request {i} is {request!r}; each request is a (task, text) pair of strings")
+            if request[0] not in self.tasks:
+                raise ValueError(f"request {i} asks for unknown task {request[0]!r}; this predictor serves: "
+                                 f"{', '.join(self.tasks)}")
+        lengths = [len(ids) for ids in self.tokenizer([text for _, text in requests])["input_ids"]] if requests else []
+        too_long = [length > self.max_length for length in lengths]
+        if any(too_long):
+            first = too_long.index(True)
+            message = (f"{sum(too_long)} of {len(requests)} texts are longer than max_length = {self.max_length} "
+                       f"tokens (request {first}: {lengths[first]} tokens)")
+            if self.truncation == "error":
+                raise ValueError(f"{message}; shorten them, or serve with truncation='warn' to cut them")
+            warnings.warn(f"{message}; they were cut to {self.max_length} tokens", stacklevel=3)
+        return too_long
+
+    def predict(self, requests: Sequence[tuple[str, str]], batch_size: int = 32) -> list[Prediction]:
+        """One ``Prediction`` per (task, text) request, in order; mixed-task batches of ``batch_size``."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        too_long = self._check_requests(requests)
+        predictions: list[Prediction | None] = [None] * len(requests)
+        for start in range(0, len(requests), batch_size):
+            chunk = requests[start : start + batch_size]
+            with torch.no_grad():
+                outputs = self.model([text for _, text in chunk], [task for task, _ in chunk])
+            for task, (logits, positions) in outputs.items():
+                for row, position in zip(logits, positions.tolist()):
+                    i = start + position
+                    predictions[i] = Prediction(task, int(row.argmax()), row, too_long[i])
+        return predictions

@@ -1,0 +1,273 @@
+"""The PEFT showdown (chapter 10): every way of adapting one frozen backbone to several tasks,
+trained by the same loop on the same batches and measured the same way.
+
+Each method gets the same heads (one linear head per task, initialised by the seed), the same
+mixed-task batches (``multitask_loader`` with the seed) and the same number of steps; the heads
+train at ``HEAD_LR``, what the method adds inside the backbone at its customary step size
+(``BODY_LR``: the values chapters 07-09 use). One run gives one ``ShowdownRow``:
+
+- the test metric of every task, and their mean;
+- trainable parameters (all tasks together) and their share of the backbone's;
+- ``task_file_bytes``: the file one task needs on top of the pretrained backbone (its PEFT tensors
+  and head; for full fine-tuning the whole fine-tuned backbone, the price of not sharing it);
+- the median seconds of a training step (``bench.StepClock``) and the peak memory of one
+  (``bench.training_step_memory``: CUDA's allocator peak, or the torch profiler's on the CPU).
+
+Full fine-tuning, shared LoRA and prompt tuning share what they train across the tasks (one
+backbone, one LoRA, one prompt); adapters, LoRA and prefixes keep one set per task
+(``MultiTaskPEFTModel``).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from mtl_tutorial.adapter import MultiTaskAdapterModel
+from mtl_tutorial.backbone import count_parameters
+from mtl_tutorial.bench import StepClock, training_step_memory
+from mtl_tutorial.data import MultiTaskDataset, multitask_loader
+from mtl_tutorial.evidence import mean_interval
+from mtl_tutorial.features import frozen_features
+from mtl_tutorial.lora import MultiTaskLoRAModel, apply_lora
+from mtl_tutorial.models import HardSharingModel, TextEncoderTrunk
+from mtl_tutorial.multitask_peft import MultiTaskPEFTModel
+from mtl_tutorial.prefix import MultiTaskPrefixModel, PromptTunedEncoder
+from mtl_tutorial.runtime import seed_everything
+from mtl_tutorial.training import accuracy, evaluate, train
+
+FROZEN = "frozen features"
+METHODS = (FROZEN, "full fine-tuning", "Houlsby adapters", "Pfeiffer adapters", "LoRA r=4", "LoRA r=8",
+           "LoRA r=16", "shared LoRA r=8", "prefix-tuning", "prompt tuning")
+HEAD_LR = 1e-2
+BODY_LR = {"full fine-tuning": 5e-5, "Houlsby adapters": 1e-3, "Pfeiffer adapters": 1e-3, "LoRA r=4": 1e-3,
+           "LoRA r=8": 1e-3, "LoRA r=16": 1e-3, "shared LoRA r=8": 1e-3, "prefix-tuning": 1e-2, "prompt tuning": 1e-2}
+BOTTLENECK_SIZE = 64  # the adapters' m (chapter 07)
+NUM_VIRTUAL_TOKENS = 10  # P of prefix- and prompt tuning (chapter 09)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; the showdown's methods are: {', '.join(METHODS)}")
+
+
+def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str, nn.Module], max_length: int) -> nn.Module:
+    """The model ``method`` trains, on a copy of ``backbone`` (left unchanged) with copies of ``heads``.
+
+    ``FROZEN`` is the heads alone: they read features the frozen backbone computed once.
+    """
+    _check_method(method)
+    heads = copy.deepcopy(dict(heads))
+    if method == FROZEN:
+        return HardSharingModel(nn.Identity(), heads)
+    encoder = copy.deepcopy(backbone)
+    if method == "full fine-tuning":
+        return HardSharingModel(TextEncoderTrunk(encoder.requires_grad_(True), tokenizer, max_length), heads)
+    if method == "prompt tuning":
+        return HardSharingModel(TextEncoderTrunk(PromptTunedEncoder(encoder, NUM_VIRTUAL_TOKENS), tokenizer, max_length), heads)
+    if method == "shared LoRA r=8":
+        return HardSharingModel(TextEncoderTrunk(apply_lora(encoder, ("query", "value"), r=8, alpha=16), tokenizer, max_length), heads)
+    trunk = TextEncoderTrunk(encoder.requires_grad_(False), tokenizer, max_length)
+    if method.endswith("adapters"):
+        return MultiTaskAdapterModel(trunk, heads, BOTTLENECK_SIZE, placement=method.split()[0].lower())
+    if method.startswith("LoRA"):
+        r = int(method.split("=")[1])
+        return MultiTaskLoRAModel(trunk, heads, ("query", "value"), r=r, alpha=2 * r)
+    return MultiTaskPrefixModel(trunk, heads, NUM_VIRTUAL_TOKENS)
+
+
+def task_tensors(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
+    """What serving ``task`` needs on top of the pretrained backbone: a ``MultiTaskPEFTModel``'s
+    ``task_state_dict``; otherwise every trained tensor of the trunk (shared by the tasks) and the
+    task's head."""
+    if isinstance(model, MultiTaskPEFTModel):
+        return model.task_state_dict(task)
+    model._check_task(task)
+    trained = {f"trunk.{name}": p for name, p in model.trunk.named_parameters() if p.requires_grad}
+    return trained | {f"head.{name}": t for name, t in model.heads[task].state_dict(keep_vars=True).items()}
+
+
+def task_file_bytes(model: nn.Module, task: str) -> int:
+    """Bytes of the safetensors file holding ``task_tensors(model, task)`` (``save_task``'s file for a
+    multi-task PEFT model), written to a temporary folder and measured."""
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"{task}.safetensors"
+        if isinstance(model, MultiTaskPEFTModel):
+            model.save_task(task, path)
+        else:
+            save_file({k: t.detach().cpu().contiguous() for k, t in task_tensors(model, task).items()}, str(path))
+        return path.stat().st_size
+
+
+@dataclass
+class ShowdownRow:
+    """One (method, seed) run: ``scores[task]`` is the test metric; the rest is its cost."""
+
+    method: str
+    seed: int
+    scores: dict[str, float]
+    trainable_parameters: int
+    backbone_parameters: int
+    task_file_bytes: dict[str, int]
+    step_seconds: float
+    peak_memory_bytes: int
+    memory_measure: str
+    train_losses: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+    """The trained model, kept when ``showdown(..., keep_models=...)`` names its method."""
+
+    @property
+    def mean_score(self) -> float:
+        return statistics.mean(self.scores.values())
+
+    @property
+    def trainable_share(self) -> float:
+        """Trainable parameters as a fraction of the backbone's."""
+        return self.trainable_parameters / self.backbone_parameters
+
+
+def _frozen_features(backbone: nn.Module, tokenizer, train_tasks: Mapping[str, object], test_tasks: Mapping[str, object],
+                     max_length: int) -> dict[str, dict[str, torch.Tensor]]:
+    """{"train"|"test": {task: (N, H) features of the frozen backbone}} (from the feature cache when possible)."""
+    return {split: {task: frozen_features(data[task].texts, backbone, tokenizer, max_length=max_length, progress=False)
+                    for task in data}
+            for split, data in (("train", train_tasks), ("test", test_tasks))}
+
+
+def run_method(
+    method: str,
+    seed: int,
+    backbone: nn.Module,
+    tokenizer,
+    train_tasks: Mapping[str, object],
+    test_tasks: Mapping[str, object],
+    num_steps: int,
+    batch_size: int = 16,
+    max_length: int = 32,
+    features: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    keep_model: bool = False,
+) -> ShowdownRow:
+    """Train ``method`` on the tasks for ``num_steps`` mixed batches with seed ``seed``, test it.
+
+    train_tasks, test_tasks: task -> an object with ``texts``, ``labels`` and ``num_classes`` (e.g.
+    ``load_text_tasks``). features: {"train"|"test": {task: (N, H)}} of the frozen backbone, used by
+    ``FROZEN`` (computed here when None). The metric is accuracy. keep_model: the row holds the
+    trained model (``row.model``).
+    """
+    _check_method(method)
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    tasks = list(train_tasks)
+    if set(test_tasks) != set(tasks):
+        raise ValueError(f"train and test tasks differ: {sorted(tasks)} vs {sorted(test_tasks)}")
+    seed_everything(seed)
+    heads = {task: nn.Linear(backbone.config.hidden_size, train_tasks[task].num_classes) for task in tasks}
+    model = build_model(method, backbone, tokenizer, heads, max_length)
+    if method == FROZEN:
+        if features is None:
+            features = _frozen_features(backbone, tokenizer, train_tasks, test_tasks, max_length)
+        inputs = {split: {task: features[split][task] for task in tasks} for split in ("train", "test")}
+    else:
+        inputs = {split: {task: list(data[task].texts) for task in tasks}
+                  for split, data in (("train", train_tasks), ("test", test_tasks))}
+    train_data = MultiTaskDataset({task: (inputs["train"][task], train_tasks[task].labels) for task in tasks})
+    test_data = {task: (inputs["test"][task], test_tasks[task].labels) for task in tasks}
+    loss_fns = {task: F.cross_entropy for task in tasks}
+    loader = multitask_loader(train_data, batch_size, mixed=True, seed=seed)
+    first_batch = next(iter(multitask_loader(train_data, batch_size, mixed=True, seed=seed)))  # training's first batch
+    memory = training_step_memory(model, first_batch, loss_fns)
+    body = [p for p in model.trunk.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam([{"params": model.heads.parameters(), "lr": HEAD_LR}]
+                                 + ([{"params": body, "lr": BODY_LR[method]}] if body else []))
+    with StepClock(optimizer) as clock:
+        history = train(model, loader, loss_fns, num_steps, optimizer=optimizer, progress=False)
+    results = evaluate(model, test_data, {"accuracy": accuracy})
+    return ShowdownRow(
+        method=method,
+        seed=seed,
+        scores={task: results[f"{task}/accuracy"] for task in tasks},
+        trainable_parameters=count_parameters(model, trainable_only=True),
+        backbone_parameters=count_parameters(backbone),
+        task_file_bytes={task: task_file_bytes(model, task) for task in tasks},
+        step_seconds=clock.median(),
+        peak_memory_bytes=memory["bytes"],
+        memory_measure=memory["measure"],
+        train_losses=history.losses,
+        model=model if keep_model else None,
+    )
+
+
+def showdown(
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    backbone: nn.Module,
+    tokenizer,
+    train_tasks: Mapping[str, object],
+    test_tasks: Mapping[str, object],
+    num_steps: int,
+    batch_size: int = 16,
+    max_length: int = 32,
+    progress: bool = True,
+    keep_models: Sequence[str] = (),
+) -> list[ShowdownRow]:
+    """``run_method`` for every (method, seed), seeds outermost so that an interrupted run has whole
+    seeds; frozen features are computed once. One progress bar over the runs. keep_models: the
+    methods whose rows keep their trained models (for deployment and merging afterwards)."""
+    for method in [*methods, *keep_models]:
+        _check_method(method)
+    features = None
+    if FROZEN in methods:
+        features = _frozen_features(backbone, tokenizer, train_tasks, test_tasks, max_length)
+    runs = [(method, seed) for seed in seeds for method in methods]
+    rows = []
+    for method, seed in tqdm(runs, desc="showdown", unit="run", disable=not progress):
+        rows.append(run_method(method, seed, backbone, tokenizer, train_tasks, test_tasks, num_steps, batch_size,
+                               max_length, features, keep_model=method in keep_models))
+    return rows
+
+
+def showdown_table(rows: Sequence[ShowdownRow], majority: Mapping[str, float] | None = None) -> str:
+    """One line per method: each task's test accuracy and the mean (mean ± std over seeds, in %),
+    trainable parameters (% of the backbone), MB per task file, ms per step, peak MB of a step.
+    majority: task -> accuracy of always predicting the most frequent training class (a first row)."""
+    methods = list(dict.fromkeys(row.method for row in rows))
+    tasks = list(rows[0].scores)
+
+    def cell(values: list[float]) -> str:
+        if len(values) < 2:
+            return f"{100 * values[0]:.1f}"
+        interval = mean_interval(values)
+        return f"{100 * interval.mean:.1f} ± {100 * interval.std:.1f}"
+
+    header = f"{'method':<20}" + "".join(f"{task:>15}" for task in tasks) + f"{'mean':>15}" + \
+        f"{'trainable':>24}{'MB/task':>9}{'ms/step':>9}{'peak MB':>9}"
+    lines = [header]
+    if majority is not None:
+        lines.append(f"{'majority class':<20}" + "".join(f"{100 * majority[task]:>15.1f}" for task in tasks)
+                     + f"{100 * statistics.mean(majority[task] for task in tasks):>15.1f}")
+    for method in methods:
+        mine = [row for row in rows if row.method == method]
+        first = mine[0]
+        lines.append(
+            f"{method:<20}" + "".join(f"{cell([row.scores[task] for row in mine]):>15}" for task in tasks)
+            + f"{cell([row.mean_score for row in mine]):>15}"
+            + f"{f'{first.trainable_parameters:,} ({100 * first.trainable_share:.2f} %)':>24}"
+            + f"{statistics.mean(first.task_file_bytes.values()) / 1e6:>9.2f}"
+            + f"{1000 * statistics.median(row.step_seconds for row in mine):>9.0f}"
+            + f"{first.peak_memory_bytes / 2**20:>9.1f}"
+        )
+    seeds = sorted({row.seed for row in rows})
+    lines.append(f"(test accuracy in %, mean ± std over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}; "
+                 f"memory: {rows[0].memory_measure})")
+    return "\n".join(lines)

@@ -1,0 +1,127 @@
+"""The PEFT showdown harness: what each method trains, what a task's file holds, one row per run."""
+
+import pytest
+import torch
+from torch import nn
+
+from mtl_tutorial.backbone import count_parameters, load_backbone
+from mtl_tutorial.data import load_text_tasks
+from mtl_tutorial.showdown import (
+    FROZEN, METHODS, ShowdownRow, build_model, run_method, showdown, showdown_table, task_file_bytes, task_tensors,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+
+TASKS = ["supersense", "pos"]
+HIDDEN, LAYERS = 384, 6
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return (load_text_tasks(TASKS, split="train", max_per_task=16, seed=0),
+            load_text_tasks(TASKS, split="test", max_per_task=8, seed=0))
+
+
+def heads():
+    torch.manual_seed(0)
+    return {"supersense": nn.Linear(HIDDEN, 11), "pos": nn.Linear(HIDDEN, 4)}
+
+
+HEADS = (HIDDEN + 1) * 11 + (HIDDEN + 1) * 4
+
+
+@pytest.mark.parametrize("method, per_task_body", [
+    (FROZEN, 0),
+    ("LoRA r=4", LAYERS * 2 * 4 * (HIDDEN + HIDDEN)),          # query and value: r (in + out) each
+    ("LoRA r=16", LAYERS * 2 * 16 * (HIDDEN + HIDDEN)),
+    ("Houlsby adapters", LAYERS * 2 * (2 * HIDDEN * 64 + 64 + HIDDEN)),  # two adapters per layer
+    ("Pfeiffer adapters", LAYERS * 1 * (2 * HIDDEN * 64 + 64 + HIDDEN)),
+    ("prefix-tuning", LAYERS * 2 * 10 * HIDDEN),                # keys and values, P = 10 per layer
+])
+def test_each_method_trains_what_its_formula_says(backbone, method, per_task_body):
+    model = build_model(method, *backbone, heads(), max_length=32)
+    assert count_parameters(model, trainable_only=True) == HEADS + len(TASKS) * per_task_body
+
+
+def test_shared_methods_train_one_body_for_all_tasks(backbone):
+    encoder, tokenizer = backbone
+    flags = [p.requires_grad for p in encoder.parameters()]
+    full = build_model("full fine-tuning", encoder, tokenizer, heads(), 32)
+    prompt = build_model("prompt tuning", encoder, tokenizer, heads(), 32)
+    build_model("LoRA r=4", encoder, tokenizer, heads(), 32)
+    assert count_parameters(full, trainable_only=True) == count_parameters(encoder) + HEADS
+    assert count_parameters(prompt, trainable_only=True) == 10 * HIDDEN + HEADS
+    shared = build_model("shared LoRA r=8", encoder, tokenizer, heads(), 32)
+    assert count_parameters(shared, trainable_only=True) == LAYERS * 2 * 8 * (HIDDEN + HIDDEN) + HEADS  # one LoRA
+    assert [p.requires_grad for p in encoder.parameters()] == flags  # the backbone given is left as it was
+    with pytest.raises(ValueError, match="unknown method 'LoRA r=3'; the showdown's methods are: frozen features"):
+        build_model("LoRA r=3", encoder, tokenizer, heads(), 32)
+
+
+def test_a_task_file_holds_what_serving_that_task_needs_beyond_the_backbone(backbone):
+    encoder, tokenizer = backbone
+    frozen = build_model(FROZEN, encoder, tokenizer, heads(), 32)
+    assert set(task_tensors(frozen, "pos")) == {"head.weight", "head.bias"}
+    assert 4 * (HIDDEN + 1) * 4 < task_file_bytes(frozen, "pos") < 4 * (HIDDEN + 1) * 4 + 1000  # + the header
+    full = build_model("full fine-tuning", encoder, tokenizer, heads(), 32)
+    assert task_file_bytes(full, "pos") > 4 * count_parameters(encoder)  # the whole fine-tuned backbone
+    prompt = build_model("prompt tuning", encoder, tokenizer, heads(), 32)
+    assert set(task_tensors(prompt, "pos")) == {"trunk.encoder.prompt", "head.weight", "head.bias"}
+    lora = build_model("LoRA r=4", encoder, tokenizer, heads(), 32)
+    owned = lora.task_parameter_count("pos")
+    assert 4 * owned < task_file_bytes(lora, "pos") < 4 * owned + 20_000  # save_task's file: its tensors + metadata
+    with pytest.raises(ValueError, match="unknown task 'sentiment'"):
+        task_tensors(frozen, "sentiment")
+
+
+def test_run_method_fills_every_field_and_repeats_with_the_same_seed(backbone, data):
+    train_tasks, test_tasks = data
+    rows = [run_method("LoRA r=4", 3, *backbone, train_tasks, test_tasks, num_steps=2, batch_size=4) for _ in range(2)]
+    row = rows[0]
+    assert row.method == "LoRA r=4" and row.seed == 3 and set(row.scores) == set(TASKS)
+    assert all(0 <= score <= 1 for score in row.scores.values())
+    assert row.scores == rows[1].scores  # same seed, same heads, same batches
+    assert row.trainable_parameters == HEADS + 2 * LAYERS * 2 * 4 * 2 * HIDDEN
+    assert row.backbone_parameters == count_parameters(backbone[0])
+    assert row.trainable_share == pytest.approx(row.trainable_parameters / row.backbone_parameters)
+    assert set(row.task_file_bytes) == set(TASKS) and row.step_seconds > 0
+    assert row.peak_memory_bytes > 4 * row.backbone_parameters and row.memory_measure == "cpu torch profiler"
+    assert [len(losses) for losses in row.train_losses.values()] == [2, 2]
+    assert row.mean_score == pytest.approx(sum(row.scores.values()) / 2)
+
+
+def test_showdown_runs_seeds_outermost_and_computes_frozen_features_once(backbone, data, monkeypatch):
+    import mtl_tutorial.showdown as showdown_module
+
+    calls = []
+    real = showdown_module.frozen_features
+    monkeypatch.setattr(showdown_module, "frozen_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rows = showdown([FROZEN, "LoRA r=4"], [0, 1], *backbone, *data, num_steps=2, batch_size=4, progress=False,
+                    keep_models=["LoRA r=4"])
+    assert [(row.method, row.seed) for row in rows] == [(FROZEN, 0), ("LoRA r=4", 0), (FROZEN, 1), ("LoRA r=4", 1)]
+    assert [row.model is not None for row in rows] == [False, True, False, True]
+    assert len(calls) == 2 * len(TASKS)  # train and test features of each task, once
+    alone = run_method(FROZEN, 1, *backbone, *data, num_steps=2, batch_size=4)
+    assert alone.scores == rows[2].scores
+    with pytest.raises(ValueError, match="unknown method"):
+        showdown(["LoRA"], [0], *backbone, *data, num_steps=1)
+
+
+def test_table_shows_mean_and_std_over_seeds_beside_the_majority_class():
+    def row(method, seed, supersense, pos):
+        return ShowdownRow(method, seed, {"supersense": supersense, "pos": pos}, 1_000, 100_000,
+                           {"supersense": 2_000_000, "pos": 4_000_000}, 0.25 + seed, 3 * 2**20, "cpu torch profiler")
+
+    rows = [row("LoRA r=8", 0, 0.5, 0.8), row("LoRA r=8", 1, 0.6, 0.8), row(FROZEN, 0, 0.4, 0.7), row(FROZEN, 1, 0.4, 0.9)]
+    lines = showdown_table(rows, majority={"supersense": 0.2, "pos": 0.5}).splitlines()
+    assert lines[1].split() == ["majority", "class", "20.0", "50.0", "35.0"]
+    assert lines[2].split() == ["LoRA", "r=8", "55.0", "±", "7.1", "80.0", "±", "0.0", "67.5", "±", "3.5",
+                                "1,000", "(1.00", "%)", "3.00", "750", "3.0"]
+    assert lines[3].split()[2:8] == ["40.0", "±", "0.0", "80.0", "±", "14.1"]
+    assert lines[-1] == "(test accuracy in %, mean ± std over 2 seeds; memory: cpu torch profiler)"
+    assert METHODS[0] == FROZEN
