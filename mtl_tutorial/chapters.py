@@ -2,12 +2,14 @@
 
 A chapter is a notebook ``notebooks/NN_slug.ipynb``. Its title and measured runtimes live in one
 place, the chapter table of README.md, which ``mtl-tutorial list`` reads. ``run_notebook`` executes
-one with nbclient, with a time limit per cell and a shell channel that cannot miss a cell's reply.
+one with nbclient, with a time limit per cell and a shell channel that cannot miss a cell's reply,
+and writes it with its progress bars as text (``progress_bars_as_text``).
 """
 
 from __future__ import annotations
 
 import atexit
+import html
 import os
 import re
 import time
@@ -24,6 +26,10 @@ TABLE_ROW = re.compile(r"^\|\s*(\d\d)\s*\|(.*)\|\s*$")
 POLL_SLICE_S = 0.5  # longest wait on the kernel's shell socket before looking again
 IOPUB_TIMEOUT_S = 30  # how long a finished cell's outputs may trail its reply (4 s is tight under load)
 _TIMED_OUT = "CellTimeout"  # ename of the error nbclient reports for a cell interrupted at its timeout
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # an output showing a widget
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"  # notebook metadata: every widget model's state
+PROGRESS_MODELS = {"FloatProgressModel", "IntProgressModel"}
+BAR_WIDTH = 10  # characters of the drawn bar, as tqdm draws one when it knows no width
 
 
 def project_root() -> Path:
@@ -191,12 +197,120 @@ def _describe(err: Exception, timeout: int) -> str:
     return f"the kernel stopped answering ({err})"
 
 
+def _references(value) -> set[str]:
+    """Model ids that a widget state (or an output list) refers to: ``"IPY_MODEL_<id>"`` strings
+    (children, layout, style) and the ``model_id`` of widget views (inside an Output widget)."""
+    found: set[str] = set()
+    if isinstance(value, str):
+        if value.startswith("IPY_MODEL_"):
+            found.add(value[len("IPY_MODEL_"):])
+    elif isinstance(value, dict):
+        if isinstance(value.get("model_id"), str):
+            found.add(value["model_id"])
+        for item in value.values():
+            found |= _references(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _references(item)
+    return found
+
+
+def _reachable(roots: set[str], state: dict) -> set[str]:
+    """``roots`` and every model they refer to, transitively (ids missing from ``state`` left out)."""
+    seen: set[str] = set()
+    todo = [m for m in roots if m in state]
+    while todo:
+        model = todo.pop()
+        if model not in seen:
+            seen.add(model)
+            todo.extend(m for m in _references(state[model].get("state", {})) if m in state and m not in seen)
+    return seen
+
+
+def _progress_bar_text(hbox: dict, state: dict) -> str | None:
+    """The text line of a tqdm.notebook bar, or None if ``hbox`` is not one.
+
+    tqdm.notebook draws a bar as an HBox of exactly three widgets: HTML (description and
+    percentage), FloatProgress or IntProgress (the bar), HTML (count, times, postfix); that
+    structure is the test, not the words. The texts hold the last redraw, which can trail the bar:
+    a bar with ``leave=False`` closes without redrawing (300/300 steps, text "89% 266/300"), so the
+    percentage and the count come from the progress widget's value and max.
+    """
+    children = [state.get(ref[len("IPY_MODEL_"):]) if isinstance(ref, str) and ref.startswith("IPY_MODEL_")
+                else None for ref in hbox.get("state", {}).get("children", [])]
+    if hbox.get("model_name") != "HBoxModel" or len(children) != 3 or None in children:
+        return None
+    names = [child.get("model_name") for child in children]
+    if names[0] != "HTMLModel" or names[1] not in PROGRESS_MODELS or names[2] != "HTMLModel":
+        return None
+    left, bar, right = (child.get("state", {}) for child in children)
+    left_text, right_text = (html.unescape(str(s.get("value", ""))).replace("\u2007", " ") for s in (left, right))
+    low, high, value = (bar.get(key, 0) or 0 for key in ("min", "max", "value"))
+    fraction = min(max((value - low) / (high - low), 0.0), 1.0) if high > low else 0.0
+    percentage = re.fullmatch(r"(.*?)\s*\d+%", left_text, re.S)
+    count = re.fullmatch(r"\s*\|?\s*\d+/\d+(.*)", right_text, re.S)
+    if bar.get("bar_style") != "info" and percentage and count:  # "info": tqdm without a total
+        left_text = f"{percentage[1]}{' ' if percentage[1] else ''}{100 * fraction:3.0f}%"
+        right_text = f" {value:.0f}/{high:.0f}{count[1]}"
+    drawn = "█" * int(BAR_WIDTH * fraction)
+    return f"{left_text}|{drawn:<{BAR_WIDTH}}|{right_text}"
+
+
+def _bars_to_text(outputs: list, bars: dict[str, str]) -> int:
+    """Replace each widget view of a progress bar in ``outputs`` by its text; returns how many."""
+    import nbformat
+
+    replaced = 0
+    for k, output in enumerate(outputs):
+        view = output.get("data", {}).get(WIDGET_VIEW) if isinstance(output, dict) else None
+        if isinstance(view, dict) and view.get("model_id") in bars:
+            outputs[k] = nbformat.v4.new_output(output.get("output_type", "display_data"),
+                                                data={"text/plain": bars[view["model_id"]]},
+                                                metadata=output.get("metadata", {}))
+            replaced += 1
+    return replaced
+
+
+def progress_bars_as_text(notebook: dict) -> int:
+    """Turn the executed notebook's tqdm progress-bar widgets into text lines, in place.
+
+    A progress bar (``tqdm.auto`` in ``training.train``) is a widget: its output is a widget view,
+    and the notebook's metadata keeps the state of its HBox, progress, HTML, layout and style
+    models, several KB per bar and useless once the kernel is gone. Each bar's view becomes one
+    line of text (``"GradNorm, seed 0: 100%|██████████| 300/300 [00:01<00:00, 282.37it/s]"``),
+    also inside Output widgets, and the state of every model only the bars used is dropped.
+    Other widgets (sliders, dropdowns, the Output widgets they drive) keep their views and
+    their state, which JupyterLab needs to draw them. Returns the number of bars turned into text.
+    """
+    widgets = notebook.get("metadata", {}).get("widgets", {})
+    state = widgets.get(WIDGET_STATE, {}).get("state")
+    if not state:
+        return 0
+    bars = {model: text for model, entry in state.items() if (text := _progress_bar_text(entry, state)) is not None}
+    if not bars:
+        return 0
+    replaced = sum(_bars_to_text(cell.get("outputs", []), bars) for cell in notebook.get("cells", []))
+    for entry in state.values():
+        if entry.get("model_name") == "OutputModel":
+            replaced += _bars_to_text(entry.get("state", {}).get("outputs", []), bars)
+    used_by_bars = _reachable(set(bars), state)
+    still_used = _reachable(set(state) - used_by_bars, state)  # a layout shared with a slider stays
+    for model in used_by_bars - still_used:
+        del state[model]
+    if not state:
+        del widgets[WIDGET_STATE]
+        if not widgets:
+            del notebook["metadata"]["widgets"]
+    return replaced
+
+
 def run_notebook(path: Path, output: Path, timeout: int | None = None, progress: bool = True) -> float:
     """Execute ``path`` top to bottom in a fresh kernel (cwd: its folder) and write it to ``output``.
 
     ``timeout``: seconds one cell may run before it is interrupted (default
-    ``default_cell_timeout()``). Returns the wall time in seconds. Raises ``ChapterFailed`` when a
-    cell raises or times out or the kernel dies, after saving what ran so far to ``output``.
+    ``default_cell_timeout()``). Progress bars are written as text (``progress_bars_as_text``).
+    Returns the wall time in seconds. Raises ``ChapterFailed`` when a cell raises or times out or
+    the kernel dies, after saving what ran so far to ``output``.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -237,6 +351,7 @@ def run_notebook(path: Path, output: Path, timeout: int | None = None, progress:
     try:
         client.execute()
     except (CellExecutionError, RuntimeError) as err:  # RuntimeError: the kernel died or did not start
+        progress_bars_as_text(notebook)
         nbformat.write(notebook, output)
         index = running.get("cell_index")
         raise ChapterFailed(path, index, None if index is None else code_cells.index(index) + 1,
@@ -245,5 +360,6 @@ def run_notebook(path: Path, output: Path, timeout: int | None = None, progress:
         bar.close()
         # nbclient leaves this registered when the kernel fails to start; at exit it would raise
         atexit.unregister(client._cleanup_kernel)
+    progress_bars_as_text(notebook)
     nbformat.write(notebook, output)
     return time.perf_counter() - start

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 
-from mtl_tutorial.data import task_probabilities
+from mtl_tutorial.data import task_probabilities, toy_losses, toy_pareto_set
 from mtl_tutorial.objectives import LossFn, ScalarizationSweep, pareto_front, scalarization_sweep
 from mtl_tutorial.training import History
 
@@ -48,14 +48,18 @@ def plot_loss_curves(
     log_scale: bool = False,
     ylabel: str = "training loss",
     ax: Axes | None = None,
+    show_raw: bool = True,
 ) -> Axes:
-    """Each task's training loss against the step (raw curve faint when ``smoothing`` > 0)."""
+    """Each task's training loss against the step; with ``smoothing`` > 0 the moving average,
+    over the raw curve drawn faint unless ``show_raw`` is False (an overview of many runs: the
+    noisy raw curves are most of a PNG's bytes)."""
     ax = _axes(ax)
     for task in history.tasks:
         steps, losses = history.loss_curve(task)
         if smoothing > 0:
             (line,) = ax.plot(steps, exponential_moving_average(losses, smoothing), label=task)
-            ax.plot(steps, losses, color=line.get_color(), alpha=0.25, linewidth=0.8)
+            if show_raw:
+                ax.plot(steps, losses, color=line.get_color(), alpha=0.25, linewidth=0.8)
         else:
             ax.plot(steps, losses, label=task)
     ax.set(xlabel="training step (batches)", ylabel=ylabel)
@@ -74,6 +78,30 @@ def plot_task_weights(history: History, ax: Axes | None = None) -> Axes:
     ax.legend(title="task")
     return ax
 
+
+def plot_losses_and_weights(
+    history: History,
+    smoothing: float = 0.0,
+    log_scale: bool = False,
+    weights_log_scale: bool = False,
+    ylabel: str = "training loss",
+    title: str | None = None,
+) -> list[Axes]:
+    """One run side by side: each task's training loss (left) and the weight λ_t it got (right).
+
+    A widget's callback (chapter 05 picks the weighting strategy): what a strategy did to the
+    weights next to what that did to the losses. smoothing, log_scale, ylabel: as ``plot_loss_curves``
+    (raw curves drawn faint).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.6), layout="constrained")
+    plot_loss_curves(history, smoothing=smoothing, log_scale=log_scale, ylabel=ylabel, ax=axes[0])
+    plot_task_weights(history, ax=axes[1])
+    axes[1].get_legend().remove()  # the same tasks in the same colours as on the left
+    if weights_log_scale:
+        axes[1].set_yscale("log")
+    if title:
+        fig.suptitle(title)
+    return list(axes)
 
 def plot_pareto_front(
     points: torch.Tensor | np.ndarray,
@@ -136,6 +164,35 @@ def plot_sweep(sweep: ScalarizationSweep, labels: tuple[str, str] = ("task 1", "
     return ax
 
 
+def plot_toy_paths(
+    paths: torch.Tensor,
+    title: str = "",
+    contours: bool = True,
+    extent: float = 10.0,
+    ax: Axes | None = None,
+) -> Axes:
+    """Paths on the two-task toy landscape (``data.toy_landscape``) with its Pareto set (grey
+    band): each start (●), its path, its end point (★), over contours of (L1 + L2)/2 unless
+    ``contours`` is False (small multiples: the landscape is drawn once elsewhere).
+
+    paths: (K + 1, S, 2), as ``data.toy_trajectories`` returns them. extent: the square [-e, e]² shown.
+    """
+    ax = _axes(ax, (4.0, 3.7))
+    if contours:
+        axis = torch.linspace(-extent, extent, 201)
+        average = toy_losses(torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1)).mean(-1)
+        ax.contour(axis, axis, average, levels=14, cmap="viridis", alpha=0.6)
+    pareto_set = toy_pareto_set(201)
+    ax.plot(pareto_set[:, 0], pareto_set[:, 1], color="0.4", linewidth=5, alpha=0.6, label="Pareto set")
+    paths = torch.as_tensor(paths)
+    for start in range(paths.shape[1]):
+        ax.plot(paths[:, start, 0], paths[:, start, 1], color="C3", linewidth=1.5)
+        ax.scatter(*paths[0, start], color="k", zorder=3)
+        ax.scatter(*paths[-1, start], marker="*", s=150, color="C3", edgecolor="k", zorder=4)
+    ax.set(xlabel="x1 (shared parameter 1)", ylabel="x2 (shared parameter 2)", title=title, aspect="equal",
+           xlim=(-extent, extent), ylim=(-extent, extent))
+    return ax
+
 def _errorbar_series(
     x: Sequence[float] | np.ndarray,
     series: Mapping[str, np.ndarray],
@@ -190,7 +247,8 @@ def plot_task_mix(
 
     sizes: task -> N_t. num_examples: examples a run draws in all; each bar is then labelled with
     the passes per example it implies, num_examples · p_t / N_t. measured: task -> share a sampler
-    actually drew, shown as dots on the bars.
+    actually drew, shown as dots on the bars. The legend sits in a band above share 1, where no
+    bar or label can reach, so it covers neither (a share of 1, τ = 1 with one task, included).
     """
     shares = task_probabilities(sizes, "temperature", temperature)
     ax = _axes(ax, (5.0, 3.5))
@@ -198,13 +256,14 @@ def plot_task_mix(
     bars = ax.bar(tasks, [shares[t] for t in tasks], color="tab:blue", alpha=0.7, label="p_t")
     if num_examples is not None:
         labels = [f"{num_examples * shares[t] / sizes[t]:.1f} passes" for t in tasks]
-        ax.bar_label(bars, labels, padding=2)
+        ax.bar_label(bars, labels, padding=5)  # clear of the dot drawn at the bar top
     if measured is not None:
         ax.plot(tasks, [measured[t] for t in tasks], "ko", label="drawn by the sampler")
-    ax.set(ylim=(0, 1.1), ylabel="share of the batches", xlabel="task (N_t training examples)",
+    ax.set(ylim=(0, 1.35), ylabel="share of the batches", xlabel="task (N_t training examples)",
            title=f"τ = {'∞ (uniform)' if math.isinf(temperature) else f'{temperature:g}'}: p_t ∝ N_t^(1/τ)")
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_xticks(range(len(tasks)), [f"{t}\n(N = {sizes[t]:,})" for t in tasks])
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper center", ncols=2, fontsize="small", frameon=False)
     return ax
 
 
@@ -351,4 +410,50 @@ def plot_seed_points(
     ax.set(ylabel=ylabel, title=title or "")
     if references:
         ax.legend(fontsize=8)
+    return ax
+
+
+def plot_score_vs_parameters(rows: Sequence, baseline: float | None = None, ax: Axes | None = None) -> Axes:
+    """Chapter 10's showdown at a glance: mean task score (%) against trainable parameters (log x).
+
+    rows: ``showdown.ShowdownRow`` s; one point per method at the mean over its seeds with a ± one
+    std bar, its area proportional to the median step time (the legend says the scale).
+    baseline: a score drawn as a dashed line (e.g. the majority class).
+    """
+    ax = _axes(ax, (7.5, 4.5))
+    methods = list(dict.fromkeys(row.method for row in rows))
+    if not methods:
+        raise ValueError("rows is empty; pass the rows showdown() returned")
+    slowest = max(row.step_seconds for row in rows)
+    for method in methods:
+        mine = [row for row in rows if row.method == method]
+        scores = 100 * np.array([row.mean_score for row in mine])
+        x, seconds = mine[0].trainable_parameters, float(np.median([row.step_seconds for row in mine]))
+        ax.errorbar(x, scores.mean(), yerr=scores.std(ddof=1) if len(scores) > 1 else None, fmt="none", ecolor="0.5", capsize=3)
+        ax.scatter(x, scores.mean(), s=40 + 400 * seconds / slowest, alpha=0.75, label=f"{method} ({1000 * seconds:.0f} ms/step)")
+    if baseline is not None:
+        ax.axhline(100 * baseline, color="0.4", linestyle="--", linewidth=1)
+        ax.annotate("majority class", (ax.get_xlim()[0], 100 * baseline), textcoords="offset points", xytext=(4, 4),
+                    fontsize=8, color="0.3")
+    ax.set(xscale="log", xlabel="trainable parameters, all tasks (log scale)", ylabel="mean test accuracy over tasks (%)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="marker area ∝ step time", title_fontsize=8)
+    return ax
+
+
+def plot_serving(results: Mapping[int, Mapping[str, Mapping[str, float]]], metric: str = "examples_per_s",
+                 ax: Axes | None = None) -> Axes:
+    """``{T: bench.serving_throughput(...)}`` against the number of tasks T, one line per set-up:
+    ``metric="examples_per_s"`` (throughput) or ``"memory_bytes"`` (weights held, in MB)."""
+    labels = {"examples_per_s": "examples per second", "memory_bytes": "weights in memory (MB)"}
+    if metric not in labels:
+        raise ValueError(f"metric must be one of: {', '.join(labels)}, got {metric!r}")
+    ax = _axes(ax)
+    counts = sorted(results)
+    scale = 1 / 2**20 if metric == "memory_bytes" else 1.0
+    for name in results[counts[0]]:
+        ax.plot(counts, [results[t][name][metric] * scale for t in counts], marker="o", label=name)
+    ax.set(xlabel="tasks served T", ylabel=labels[metric], xticks=counts)
+    if metric == "memory_bytes":
+        ax.set_yscale("log")
+    ax.legend(fontsize=8)
     return ax

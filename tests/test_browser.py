@@ -35,6 +35,9 @@ ENABLE = "install Chromium and Playwright for Python: `apt-get install chromium`
 # A knob: a displayed widget whose kernel-side repr names a control this test can move. Progress bars
 # (tqdm.auto draws them with ipywidgets) are widgets too, but nothing to operate.
 KNOB = re.compile(r"\b\w*(Slider|Dropdown)\(")
+# Chapters whose knob teaches (DESIGN.md): each must keep importing ipywidgets, so this test drives it.
+# 05: the weighting strategy whose losses and weights are shown; 06: CAGrad's c on the toy landscape.
+KNOB_CHAPTERS = {"01", "03", "04", "05", "06", "08", "11"}
 
 SERVER_START_S = 90  # JupyterLab writes its runtime file
 KERNEL_READY_S = 120  # notebook open, kernel started and idle
@@ -49,6 +52,12 @@ def widget_chapters() -> list[Path]:
     return [path for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
             if any(cell.cell_type == "code" and imports_widgets.search(cell.source)
                    for cell in nbformat.read(path, as_version=4).cells)]
+
+
+def test_every_chapter_with_a_teaching_knob_is_driven_here():
+    """Runs without a browser: a chapter that lost its widget import would drop out of the test below."""
+    driven = {path.name[:2] for path in widget_chapters()}
+    assert KNOB_CHAPTERS <= driven, f"chapters {sorted(KNOB_CHAPTERS - driven)} no longer import ipywidgets"
 
 
 def _in_ci() -> bool:

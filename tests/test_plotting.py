@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -14,6 +15,8 @@ from mtl_tutorial.plotting import (  # noqa: E402
     plot_loss_curves,
     plot_mean_std,
     plot_pareto_front,
+    plot_score_vs_parameters,
+    plot_serving,
     plot_sweep,
     plot_task_weights,
     plot_weighted_objective,
@@ -42,6 +45,43 @@ def test_loss_curves_one_line_per_task_with_smoothing():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
     assert len(ax.lines) == 4  # smoothed + faint raw curve per task
     np.testing.assert_allclose(ax.lines[1].get_xdata(), [1, 3, 5])
+    overview = plot_loss_curves(small_history(), smoothing=0.5, show_raw=False)
+    assert len(overview.lines) == 2  # the moving averages only
+    np.testing.assert_allclose(overview.lines[0].get_ydata(), exponential_moving_average([1.0, 1 / 3, 1 / 5], 0.5))
+
+
+def test_losses_and_weights_of_one_run_side_by_side():
+    from mtl_tutorial.plotting import plot_losses_and_weights
+
+    losses, weights = plot_losses_and_weights(small_history(), smoothing=0.5, log_scale=True,
+                                              weights_log_scale=True, title="uncertainty, seed 0")
+    assert losses.figure is weights.figure and losses.figure.get_suptitle() == "uncertainty, seed 0"
+    assert len(losses.lines) == 4 and losses.get_yscale() == "log"
+    np.testing.assert_allclose(weights.lines[0].get_ydata(), [0.5, 0.5, 0.5])
+    assert weights.get_yscale() == "log" and weights.get_legend() is None  # the left legend names the tasks
+    _, linear = plot_losses_and_weights(small_history())
+    assert linear.get_yscale() == "linear"
+
+
+def test_toy_paths_draw_every_start_to_its_end_over_the_pareto_set():
+    from mtl_tutorial.data import TOY_STARTS, toy_pareto_set
+    from mtl_tutorial.plotting import plot_toy_paths
+
+    paths = torch.stack([TOY_STARTS, TOY_STARTS * 0.5, torch.zeros_like(TOY_STARTS)])  # (K + 1, S, 2)
+    ax = plot_toy_paths(paths, title="CAGrad, c = 0.5")
+    pareto, *drawn = ax.lines
+    np.testing.assert_allclose(pareto.get_xydata(), toy_pareto_set(201).numpy())
+    assert len(drawn) == len(TOY_STARTS)
+    np.testing.assert_allclose(drawn[0].get_xydata(), paths[:, 0].numpy())
+    from matplotlib.collections import PathCollection
+
+    points = [(c.get_offsets()[0].tolist(), c.get_sizes()[0]) for c in ax.collections if isinstance(c, PathCollection)]
+    starts, ends = points[0::2], points[1::2]
+    assert [xy for xy, _ in starts] == TOY_STARTS.tolist()
+    assert [xy for xy, _ in ends] == [[0.0, 0.0]] * len(TOY_STARTS) and ends[0][1] > starts[0][1]  # ends: big stars
+    assert ax.get_title() == "CAGrad, c = 0.5" and ax.get_xlim() == (-10.0, 10.0)
+    with_contours = len(ax.collections)
+    assert len(plot_toy_paths(paths, contours=False).collections) < with_contours
 
 
 def test_task_weights_plot():
@@ -88,6 +128,26 @@ def test_task_mix_bars_are_the_sampling_shares_labelled_with_passes_per_example(
     uniform = plot_task_mix(sizes, float("inf"))
     assert [bar.get_height() for bar in uniform.patches] == pytest.approx([0.5, 0.5])
     assert "∞ (uniform)" in uniform.get_title()
+
+
+@pytest.mark.parametrize("sizes", [{"big": 2200, "small": 220}, {"small": 220, "big": 2200}, {"only": 100}])
+def test_task_mix_legend_covers_no_bar_and_no_label(sizes):
+    """τ = 1 gives the large task nearly every batch (a share of 1 with one task): its bar and label
+    reach the top of the bars, where a legend in the upper corner used to sit."""
+    import matplotlib.pyplot as plt
+    from mtl_tutorial.plotting import plot_task_mix
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), layout="constrained", sharey=True)  # as chapter 04 draws it
+    for ax, tau in zip(axes, [1.0, float("inf")]):
+        shares = dict(zip(sizes, [1.0] * len(sizes)))
+        plot_task_mix(sizes, tau, num_examples=48_000, measured=shares, ax=ax)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        drawn = [*ax.patches, *ax.texts, *ax.lines]
+        assert drawn and not [a for a in drawn if a.get_window_extent(renderer).overlaps(legend)]
+    plt.close(fig)
 
 
 def test_task_matrix_heatmap_writes_every_cell_and_is_centred_on_zero():
@@ -170,3 +230,39 @@ def test_the_course_wide_figure_resolution_applies_to_new_figures():
 
     assert FIGURE_DPI < 100  # below matplotlib's default: smaller PNGs in the committed notebooks
     assert plot_task_mix({"a": 10, "b": 5}, 2.0).figure.dpi == FIGURE_DPI
+
+
+def test_score_vs_parameters_puts_each_method_at_its_mean_on_a_log_axis():
+    from mtl_tutorial.showdown import ShowdownRow
+
+    def row(method, seed, score, params, seconds):
+        return ShowdownRow(method, seed, {"a": score, "b": score}, params, 1000, {"a": 1, "b": 1}, seconds, 1, "cpu torch profiler")
+
+    rows = [row("LoRA", 0, 0.6, 100, 0.2), row("LoRA", 1, 0.8, 100, 0.4), row("full", 0, 0.5, 10_000, 1.0)]
+    ax = plot_score_vs_parameters(rows, baseline=0.25)
+    assert ax.get_xscale() == "log"
+    from matplotlib.collections import PathCollection
+
+    scatters = [collection for collection in ax.collections if isinstance(collection, PathCollection)]
+    points = [collection.get_offsets()[0].tolist() for collection in scatters]
+    assert points == [[100.0, pytest.approx(70.0)], [10_000.0, pytest.approx(50.0)]]
+    sizes = [collection.get_sizes()[0] for collection in scatters]
+    assert sizes[0] < sizes[1]  # the slower method has the larger marker
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["LoRA (300 ms/step)", "full (1000 ms/step)"]
+    assert ax.lines[-1].get_ydata()[0] == 25.0  # the majority line, drawn last
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="rows is empty"):
+        plot_score_vs_parameters([])
+
+
+def test_plot_serving_draws_one_line_per_set_up_against_the_task_count():
+    results = {t: {"mixed batch": {"examples_per_s": 10.0 * t, "memory_bytes": 2**20},
+                   "merged per task": {"examples_per_s": 5.0 * t, "memory_bytes": t * 2**20}} for t in (1, 2, 4)}
+    ax = plot_serving(results)
+    assert [line.get_label() for line in ax.lines] == ["mixed batch", "merged per task"]
+    assert ax.lines[0].get_xydata().tolist() == [[1, 10.0], [2, 20.0], [4, 40.0]]
+    memory = plot_serving(results, "memory_bytes")
+    assert memory.lines[1].get_ydata().tolist() == [1.0, 2.0, 4.0] and memory.get_yscale() == "log"
+    plt.close("all")
+    with pytest.raises(ValueError, match="metric must be one of"):
+        plot_serving(results, "latency")
