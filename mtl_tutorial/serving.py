@@ -15,6 +15,7 @@ Texts longer than the trunk's ``max_length`` tokens are truncated with a warning
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -131,8 +132,6 @@ class MultiTaskPredictor:
         """Build the model the files were saved from on ``backbone`` (left unchanged: a copy is
         wrapped), load each task's file, and serve them. files: task -> path written by ``save_task``.
         All files must come from one method with the same settings (read from their metadata)."""
-        import copy
-
         if not files:
             raise ValueError("files is empty; pass {task: path of the file save_task wrote}")
         first_task, first_path = next(iter(files.items()))
