@@ -260,3 +260,18 @@ def test_main_ddp_prints_the_table_with_the_load_and_says_when_there_is_no_gpu(m
     assert seen == {"batch_sizes": (32, 256, 1024), "num_steps": 4}
     assert "load average" in out and "1 torch thread per process" in out
     assert "0.50" in out and "no CUDA GPU" in out
+
+
+def test_main_serve_prints_the_table_and_the_ratios_at_8_tasks(monkeypatch, capsys):
+    def fake_throughput(model, texts, batch_size, num_batches):
+        speeds = {"mixed batch": 90.0, "merged per task": 100.0, "swapping": 60.0, "ceiling": 100.0}
+        return {name: {"examples_per_s": speed, "memory_bytes": 2**20} for name, speed in speeds.items()}
+
+    monkeypatch.setattr("mtl_tutorial.bench.load_backbone", lambda: ("backbone", "tokenizer"))
+    monkeypatch.setattr("mtl_tutorial.bench.serving_setup", lambda num_tasks, **kwargs: (num_tasks, ["text"]))
+    monkeypatch.setattr("mtl_tutorial.bench.serving_throughput", fake_throughput)
+    assert main(["serve", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 batches per round" in out and out.count("ceiling") >= 4
+    assert ("T = 8: mixed batch / ceiling = 0.90 (goal ≥ 0.80); mixed batch / swapping = 1.50 (goal > 1); "
+            "mixed batch / merged per task = 0.90") in out
