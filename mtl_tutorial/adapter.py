@@ -241,6 +241,11 @@ class MultiTaskAdapterModel(MultiTaskPEFTModel):
     def task_metadata(self) -> dict[str, str]:
         return {"bottleneck_size": str(self.bottleneck_size), "placement": self.placement, "activation": self.activation}
 
+    @classmethod
+    def arguments_from_metadata(cls, metadata: dict[str, str]) -> dict:
+        return {"bottleneck_size": int(metadata["bottleneck_size"]), "placement": metadata["placement"],
+                "activation": metadata["activation"]}
+
 
 class AdaptersAfterEncoder(nn.Module):
     """The article's ``AdapterModel`` (§5.2.1), a pitfall kept to measure it: one adapter per

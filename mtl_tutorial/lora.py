@@ -306,6 +306,12 @@ class MultiTaskLoRAModel(MultiTaskPEFTModel):
     def task_metadata(self) -> dict[str, str]:
         return {"r": str(self.r), "alpha": str(self.alpha), "target_modules": ",".join(self.target_modules)}
 
+    @classmethod
+    def arguments_from_metadata(cls, metadata: dict[str, str]) -> dict:
+        alpha = metadata["alpha"]
+        return {"target_modules": tuple(metadata["target_modules"].split(",")), "r": int(metadata["r"]),
+                "alpha": int(alpha) if alpha.lstrip("-").isdigit() else float(alpha)}  # as str() wrote it
+
 
 def copy_to_peft(model: nn.Module, peft_model: nn.Module, adapter_name: str = "default", task: str | None = None) -> int:
     """Copy our A and B into adapter ``adapter_name`` of a peft model built on the same backbone

@@ -170,6 +170,11 @@ class MultiTaskPEFTModel(HardSharingModel):
         """Hyper-parameters stored beside a saved task (e.g. the LoRA rank), as strings."""
         return {}
 
+    @classmethod
+    def arguments_from_metadata(cls, metadata: dict[str, str]) -> dict:
+        """The inverse of ``task_metadata``: the keyword arguments that rebuild such a model."""
+        return {}
+
     def task_state_dict(self, task: str) -> dict[str, torch.Tensor]:
         """What task ``task`` owns: its PEFT tensors and ``head.<name>`` for its head; no backbone."""
         self._check_task(task)

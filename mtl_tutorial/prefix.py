@@ -319,6 +319,12 @@ class MultiTaskPrefixModel(MultiTaskPEFTModel):
         encoder = self.trunk.prefix_encoder
         return {"num_virtual_tokens": str(encoder.num_virtual_tokens), "projection_hidden": str(encoder.projection_hidden)}
 
+    @classmethod
+    def arguments_from_metadata(cls, metadata: dict[str, str]) -> dict:
+        projection = metadata["projection_hidden"]
+        return {"num_virtual_tokens": int(metadata["num_virtual_tokens"]),
+                "projection_hidden": None if projection == "None" else int(projection)}
+
 
 def copy_to_peft(encoder: PrefixEncoder, peft_model: nn.Module, adapter_name: str = "default") -> None:
     """Copy our prefix into the prefix-tuning adapter ``adapter_name`` of a peft model built on the same

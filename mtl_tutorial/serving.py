@@ -61,28 +61,15 @@ def read_task_file(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, t
         raise ValueError(f"{path} is not a task saved by save_task, or it is damaged (safetensors: {error})") from error
 
 
-def _number(text: str) -> int | float:
-    """The int or float ``str`` wrote (so that it is written back the same)."""
-    return int(text) if text.lstrip("-").isdigit() else float(text)
-
-
-def _model_arguments(metadata: Mapping[str, str], path: str | os.PathLike) -> dict:
-    """The keyword arguments that rebuild the model class a file's metadata names."""
+def _model_class(metadata: Mapping[str, str], path: str | os.PathLike) -> type[MultiTaskPEFTModel]:
+    """The multi-task model class a file's metadata names."""
     format_ = metadata.get("format")
     if format_ not in MODEL_CLASSES:
         raise ValueError(
             f"{path} holds {format_ or 'no format'}, not a multi-task PEFT task; MultiTaskPredictor reads "
             f"{', '.join(MODEL_CLASSES)}"
         )
-    if format_ == MultiTaskLoRAModel.save_format:
-        return {"target_modules": tuple(metadata["target_modules"].split(",")), "r": int(metadata["r"]),
-                "alpha": _number(metadata["alpha"])}
-    if format_ == MultiTaskAdapterModel.save_format:
-        return {"bottleneck_size": int(metadata["bottleneck_size"]), "placement": metadata["placement"],
-                "activation": metadata["activation"]}
-    projection = metadata["projection_hidden"]
-    return {"num_virtual_tokens": int(metadata["num_virtual_tokens"]),
-            "projection_hidden": None if projection == "None" else int(projection)}
+    return MODEL_CLASSES[format_]
 
 
 def _linear_head(shapes: Mapping[str, torch.Size], path: str | os.PathLike) -> nn.Linear:
@@ -148,10 +135,9 @@ class MultiTaskPredictor:
                         f"method with the same settings on the same backbone"
                     )
             heads[task] = _linear_head(shapes, path)
-        model_class = MODEL_CLASSES.get(first_metadata.get("format"))
-        arguments = _model_arguments(first_metadata, first_path)
+        model_class = _model_class(first_metadata, first_path)
         trunk = TextEncoderTrunk(copy.deepcopy(backbone), tokenizer, max_length)
-        model = model_class(trunk, heads, **arguments)
+        model = model_class(trunk, heads, **model_class.arguments_from_metadata(first_metadata))
         for task, path in files.items():
             model.load_task(task, path)
         return cls(model, truncation)

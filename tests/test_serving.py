@@ -152,3 +152,16 @@ def test_fingerprint_ignores_peft_layers_and_sees_the_embeddings(backbone):
     lora = trained(MultiTaskLoRAModel, backbone, r=4, alpha=8)
     assert lora_layers(lora.trunk) and backbone_fingerprint(lora.trunk) == backbone_fingerprint(encoder)
     assert backbone_fingerprint(nn.Linear(2, 2)) is None
+
+
+@pytest.mark.parametrize("model_class, kwargs", [
+    (MultiTaskLoRAModel, {"r": 4, "alpha": 8, "target_modules": ("query",)}),
+    (MultiTaskLoRAModel, {"r": 2, "alpha": 2.5}),
+    (MultiTaskAdapterModel, {"bottleneck_size": 8, "placement": "pfeiffer", "activation": "relu"}),
+    (MultiTaskPrefixModel, {"num_virtual_tokens": 3, "projection_hidden": 16}),
+])
+def test_arguments_from_metadata_invert_task_metadata(backbone, model_class, kwargs):
+    model = trained(model_class, backbone, **kwargs)
+    arguments = model_class.arguments_from_metadata(model.task_metadata())
+    assert {key: arguments[key] for key in kwargs} == kwargs
+    assert trained(model_class, backbone, **arguments).task_metadata() == model.task_metadata()
