@@ -69,6 +69,28 @@ def plot_loss_curves(
     return ax
 
 
+def plot_task_loss_by_run(
+    histories: Mapping[str, History],
+    task: str,
+    smoothing: float = 0.9,
+    title: str | None = None,
+    ax: Axes | None = None,
+) -> Axes:
+    """One task's training loss in several runs, one line per run (the moving average when
+    ``smoothing`` > 0), labelled with the run's name: e.g. the seeds of one setting beside a baseline."""
+    if not histories:
+        raise ValueError("no runs to plot: pass {run name: History}")
+    ax = _axes(ax)
+    for name, history in histories.items():
+        steps, losses = history.loss_curve(task)
+        ax.plot(steps, exponential_moving_average(losses, smoothing) if smoothing > 0 else losses, label=name)
+    ax.set(xlabel="training step (batches)", ylabel=f"{task} training loss" + (" (smoothed)" if smoothing > 0 else ""))
+    if title is not None:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    return ax
+
+
 def plot_task_weights(history: History, ax: Axes | None = None) -> Axes:
     """Each task's weight λ_t against the step."""
     ax = _axes(ax)

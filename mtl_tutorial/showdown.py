@@ -43,7 +43,7 @@ from mtl_tutorial.models import HardSharingModel, TextEncoderTrunk
 from mtl_tutorial.multitask_peft import MultiTaskPEFTModel
 from mtl_tutorial.prefix import MultiTaskPrefixModel, PromptTunedEncoder
 from mtl_tutorial.runtime import seed_everything
-from mtl_tutorial.training import accuracy, evaluate, train
+from mtl_tutorial.training import History, accuracy, evaluate, train
 
 FROZEN = "frozen features"
 METHODS = (FROZEN, "full fine-tuning", "Houlsby adapters", "Pfeiffer adapters", "LoRA r=4", "LoRA r=8",
@@ -123,7 +123,8 @@ class ShowdownRow:
     step_seconds: float
     peak_memory_bytes: int
     memory_measure: str
-    train_losses: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    history: History | None = field(default=None, repr=False, compare=False)
+    """The training run's ``History`` (per-step, per-task losses), for loss curves."""
     model: nn.Module | None = field(default=None, repr=False, compare=False)
     """The trained model, kept when ``showdown(..., keep_models=...)`` names its method."""
 
@@ -203,7 +204,7 @@ def run_method(
         step_seconds=clock.median(),
         peak_memory_bytes=memory["bytes"],
         memory_measure=memory["measure"],
-        train_losses=history.losses,
+        history=history,
         model=model if keep_model else None,
     )
 

@@ -464,6 +464,19 @@ def macro_f1(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack(scores).float().mean()
 
 
+def majority_class_accuracy(train_labels: torch.Tensor, test_labels: torch.Tensor) -> float:
+    """Test accuracy of always predicting the most frequent *training* class (ties: the lowest id):
+    the baseline a classifier has to beat. train_labels, test_labels: (N,) integer class ids."""
+    for name, labels in (("train_labels", train_labels), ("test_labels", test_labels)):
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or len(labels) == 0 or not _is_integer(labels):
+            raise ValueError(f"{name} must be a non-empty 1-d tensor of integer class ids, got "
+                             f"{type(labels).__name__} {tuple(getattr(labels, 'shape', ()))}")
+        if labels.min() < 0:
+            raise ValueError(f"{name} holds negative class ids (min {labels.min().item()}); classes are 0..C-1")
+    most_frequent = torch.bincount(train_labels).argmax()
+    return float((test_labels == most_frequent).float().mean())
+
+
 def mean_squared_error(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean of (ŷ - y)² over all entries; predictions and targets of the same shape."""
     if predictions.shape != targets.shape:

@@ -50,6 +50,22 @@ def test_loss_curves_one_line_per_task_with_smoothing():
     np.testing.assert_allclose(overview.lines[0].get_ydata(), exponential_moving_average([1.0, 1 / 3, 1 / 5], 0.5))
 
 
+def test_task_loss_by_run_draws_one_task_of_every_run():
+    from mtl_tutorial.plotting import plot_task_loss_by_run
+
+    ax = plot_task_loss_by_run({"seed 0": small_history(), "seed 1": small_history()}, "b", smoothing=0.5, title="m = 4")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["seed 0", "seed 1"] and ax.get_title() == "m = 4"
+    assert len(ax.lines) == 2  # one per run, task b only
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [2, 4, 6])
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), exponential_moving_average([1 / 2, 1 / 4, 1 / 6], 0.5))
+    raw = plot_task_loss_by_run({"run": small_history()}, "a", smoothing=0.0)
+    np.testing.assert_allclose(raw.lines[0].get_ydata(), [1.0, 1 / 3, 1 / 5])
+    with pytest.raises(ValueError, match="unknown task 'c'"):
+        plot_task_loss_by_run({"run": small_history()}, "c")
+    with pytest.raises(ValueError, match="no runs to plot"):
+        plot_task_loss_by_run({}, "a")
+
+
 def test_losses_and_weights_of_one_run_side_by_side():
     from mtl_tutorial.plotting import plot_losses_and_weights
 

@@ -91,7 +91,7 @@ def test_run_method_fills_every_field_and_repeats_with_the_same_seed(backbone, d
     assert row.trainable_share == pytest.approx(row.trainable_parameters / row.backbone_parameters)
     assert set(row.task_file_bytes) == set(TASKS) and row.step_seconds > 0
     assert row.peak_memory_bytes > 4 * row.backbone_parameters and row.memory_measure == "cpu torch profiler"
-    assert [len(losses) for losses in row.train_losses.values()] == [2, 2]
+    assert [len(losses) for losses in row.history.losses.values()] == [2, 2]
     assert row.mean_score == pytest.approx(sum(row.scores.values()) / 2)
 
 

@@ -17,6 +17,7 @@ from mtl_tutorial.training import (
     check_targets,
     evaluate,
     macro_f1,
+    majority_class_accuracy,
     mean_squared_error,
     normalized_mean_squared_error,
     train,
@@ -329,3 +330,22 @@ def test_check_targets_counts_examples_and_leaves_regression_targets_to_the_loss
         check_targets("a", torch.zeros(3), torch.zeros(2))
     check_targets("a", torch.zeros(3, 2), torch.full((3, 2), 9.0))  # float targets: no class check
     check_targets("a", torch.zeros(3, 1), torch.tensor([0, 1, 5]))  # single logit: no class check
+
+
+def test_majority_class_accuracy_counts_the_training_majority_on_the_test_labels():
+    train_labels = torch.tensor([0, 0, 0, 1, 2])
+    test_labels = torch.tensor([1, 1, 0, 2])
+    # the training majority is class 0: right on 1 of 4 test labels (the test majority, class 1, would give 2 of 4)
+    assert majority_class_accuracy(train_labels, test_labels) == 0.25
+    assert majority_class_accuracy(torch.tensor([2, 1, 1, 2]), torch.tensor([1, 2, 2])) == pytest.approx(1 / 3)  # tie: lowest id
+
+
+@pytest.mark.parametrize("train_labels, test_labels, message", [
+    (torch.tensor([0.0, 1.0]), torch.tensor([0, 1]), "train_labels must be a non-empty 1-d tensor of integer"),
+    (torch.tensor([0, 1]), torch.tensor([], dtype=torch.long), "test_labels must be a non-empty"),
+    (torch.tensor([[0, 1]]), torch.tensor([0]), "train_labels must be"),
+    (torch.tensor([0, -1]), torch.tensor([0]), "negative class ids"),
+])
+def test_majority_class_accuracy_refuses_labels_that_are_not_class_ids(train_labels, test_labels, message):
+    with pytest.raises(ValueError, match=message):
+        majority_class_accuracy(train_labels, test_labels)
