@@ -183,7 +183,7 @@ def serving_model():
 def test_serving_setup_and_the_swapping_server_serve_each_task_exactly(serving_model):
     import torch
 
-    from mtl_tutorial.bench import _SwappingServer
+    from mtl_tutorial.bench.serving import _SwappingServer
     from mtl_tutorial.lora import lora_layers
 
     model, texts = serving_model
