@@ -14,6 +14,9 @@
 ``training_step_times`` times encoders' steps on one batch (chapter 09); ``StepClock`` and
 ``training_step_memory`` give chapter 10's showdown its seconds and peak bytes per step, and
 ``serving_throughput`` its serving comparison.
+
+Modules: ``steps`` (training and inference timing, a step's memory), ``serving``, ``solvers``,
+``parallel`` (data-parallel and mixed-precision steps); every public name is importable from here.
 """
 
 from __future__ import annotations
