@@ -1,4 +1,5 @@
-"""Committed chapters carry the outputs of a real full-mode run and follow the notebook conventions."""
+"""Committed chapters and solutions carry the outputs of a real full-mode run; chapters follow the notebook
+conventions; every committed notebook stays under 600 KB."""
 
 import re
 from pathlib import Path
@@ -6,7 +7,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+COMMITTED = sorted([*NOTEBOOKS, *SOLUTIONS, *(ROOT / "notebooks" / "assignments").glob("*.ipynb")])
+MAX_BYTES = 600 * 1024  # a re-run rewrites the whole file in git: keep figures few and at plotting.FIGURE_DPI
 MACHINE_PATH = re.compile(r"(/work/|/home/|/root/|/Users/|/tmp/|site-packages|[A-Z]:\\\\)")
 
 
@@ -18,7 +23,7 @@ def _text(output) -> str:
     return "\n".join(v for k, v in output.get("data", {}).items() if k.startswith("text/") and isinstance(v, str))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.stem)
 def test_committed_notebook_was_executed_in_full_mode(path):
     notebook = nbformat.read(path, as_version=4)
     code = [c for c in notebook.cells if c.cell_type == "code"]
@@ -45,3 +50,9 @@ def test_notebook_follows_the_conventions(path):
     assert "## Summary" in markdown and "## Exercises" in markdown
     defined = [c.source for c in notebook.cells if c.cell_type == "code" and re.search(r"^(def|class) ", c.source, re.M)]
     assert not defined, "notebooks define no reusable logic: move functions into mtl_tutorial"
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_committed_notebook_is_light(path):
+    size = path.stat().st_size
+    assert size < MAX_BYTES, f"{size / 1024:.0f} KB: over {MAX_BYTES // 1024} KB (fewer or smaller figures, no widget state)"
