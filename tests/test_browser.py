@@ -36,8 +36,10 @@ ENABLE = "install Chromium and Playwright for Python: `apt-get install chromium`
 # (tqdm.auto draws them with ipywidgets) are widgets too, but nothing to operate.
 KNOB = re.compile(r"\b\w*(Slider|Dropdown)\(")
 # Chapters whose knob teaches (DESIGN.md): each must keep importing ipywidgets, so this test drives it.
-# 05: the weighting strategy whose losses and weights are shown; 06: CAGrad's c on the toy landscape.
-KNOB_CHAPTERS = {"01", "03", "04", "05", "06", "08", "11"}
+# 02: the task correlation and data size behind each transfer estimate; 05: the weighting strategy whose
+# losses and weights are shown; 06: CAGrad's c on the toy landscape; 07: the bottleneck size m; 09: the
+# prefix length P.
+KNOB_CHAPTERS = {"01", "02", "03", "04", "05", "06", "07", "08", "09", "11"}
 
 SERVER_START_S = 90  # JupyterLab writes its runtime file
 KERNEL_READY_S = 120  # notebook open, kernel started and idle
