@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import atexit
 import html
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.channels import AsyncZMQSocketChannel
 from traitlets import Type
 
+from mtl_tutorial.runtime import project_root  # noqa: F401  (the course folder; chapters' home for it before)
+
 CHAPTER_FILE = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 TABLE_ROW = re.compile(r"^\|\s*(\d\d)\s*\|(.*)\|\s*$")
 POLL_SLICE_S = 0.5  # longest wait on the kernel's shell socket before looking again
@@ -30,27 +31,6 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # an output showing a 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"  # notebook metadata: every widget model's state
 PROGRESS_MODELS = {"FloatProgressModel", "IntProgressModel"}
 BAR_WIDTH = 10  # characters of the drawn bar, as tqdm draws one when it knows no width
-
-
-def project_root() -> Path:
-    """The course folder (with ``notebooks/`` and ``README.md``).
-
-    ``MTL_TUTORIAL_ROOT`` overrides; else the folder above this package (an editable install,
-    as README.md sets up); else the current folder or one above it.
-    """
-    candidates = []
-    if os.environ.get("MTL_TUTORIAL_ROOT"):
-        candidates.append(Path(os.environ["MTL_TUTORIAL_ROOT"]))
-    candidates.append(Path(__file__).resolve().parents[1])
-    cwd = Path.cwd().resolve()
-    candidates.extend([cwd, *cwd.parents])
-    for folder in candidates:
-        if (folder / "notebooks").is_dir() and (folder / "README.md").is_file():
-            return folder
-    raise FileNotFoundError(
-        "cannot find the course folder (one with notebooks/ and README.md); run the command from "
-        "inside your clone of mtl-tutorial or set MTL_TUTORIAL_ROOT to its path"
-    )
 
 
 @dataclass

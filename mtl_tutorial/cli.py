@@ -8,6 +8,7 @@
     mtl-tutorial bench solvers          time the aggregators' weight solvers for T = 2, 4, 8 tasks
     mtl-tutorial bench ddp              time data-parallel training: 1 vs 2 CPU processes, same global batch
     mtl-tutorial bench serve            serve T = 1, 4, 8 tasks: mixed batches vs merged models vs swapping
+    mtl-tutorial study 07 --dry-run     a chapter's study: its grid and estimated time; without --dry-run, run it
     mtl-tutorial assign                 build the assignments' student versions in build/assignments/
     mtl-tutorial grade alice/06_*.ipynb autograde submissions, print a score table per submission
 """
@@ -178,6 +179,30 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def study_command(args: argparse.Namespace) -> int:
+    """Run (or, with --dry-run, show) a chapter's study; resumes its results file."""
+    from mtl_tutorial.studies import get_study, run_study
+
+    try:
+        study = get_study(args.chapter)
+        seeds = None if args.seeds is None else range(args.seeds)
+        if args.seeds is not None and args.seeds < 2:
+            raise ValueError(f"--seeds must be >= 2 (an interval needs two repeats), got {args.seeds}")
+        path = study.results_path()
+        rows = run_study(study, seeds, device=args.device, dry_run=args.dry_run,
+                         allow_uncommitted=args.allow_uncommitted)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every finished run is kept in {path}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    if not args.dry_run:
+        print(f"{len(rows)} runs of study {study.name} in {path}")
+    return 0
+
+
 def _seconds(text: str) -> int:
     """argparse type of ``--timeout``: a whole number of seconds, at least 1."""
     try:
@@ -241,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtl-tutorial", description="Multi-task learning for large models: the course's command."
     )
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run,bench,assign,grade}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run,study,bench,assign,grade}")
 
     p = verbs.add_parser("doctor", help="check this machine is ready for the course",
                          description="Check versions, device, backbone, data and mode.")
@@ -266,6 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds one cell may run before it is interrupted and the run fails "
                    "(default 600 in fast mode, 1800 in full mode)")
     p.set_defaults(func=run_command)
+
+    p = verbs.add_parser(
+        "study", help="run a chapter's study (resumable) or show its grid",
+        description="Run the experiment grid of a chapter's study and append each finished run to "
+        "notebooks/results/NN_slug.jsonl; runs already there are skipped, so a killed study resumes.",
+    )
+    p.add_argument("chapter", metavar="CHAPTER", help="the chapter number (07, 10)")
+    p.add_argument("--device", default=None, help="where runs train: cpu (default), cuda, cuda:N, mps")
+    p.add_argument("--seeds", type=int, default=None, metavar="K", help="seeds 0..K-1 (default: the study's own)")
+    p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and the estimated time")
+    p.add_argument("--allow-uncommitted", action="store_true",
+                   help="run although the package has uncommitted changes (the lines record code_changed: true)")
+    p.set_defaults(func=study_command)
 
     p = verbs.add_parser("bench", add_help=False, help="time our LoRA vs peft's, the gradient aggregators, their solvers, or multi-task serving",
                          description="Time training steps; see mtl-tutorial bench --help.")

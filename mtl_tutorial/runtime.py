@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -107,4 +108,25 @@ def environment_summary() -> str:
             f"device        {get_device()}",
             f"mode          {'fast' if fast_mode() else 'full'}",
         ]
+    )
+
+
+def project_root() -> Path:
+    """The course folder (with ``notebooks/`` and ``README.md``).
+
+    ``MTL_TUTORIAL_ROOT`` overrides; else the folder above this package (an editable install,
+    as README.md sets up); else the current folder or one above it.
+    """
+    candidates = []
+    if os.environ.get("MTL_TUTORIAL_ROOT"):
+        candidates.append(Path(os.environ["MTL_TUTORIAL_ROOT"]))
+    candidates.append(Path(__file__).resolve().parents[1])
+    cwd = Path.cwd().resolve()
+    candidates.extend([cwd, *cwd.parents])
+    for folder in candidates:
+        if (folder / "notebooks").is_dir() and (folder / "README.md").is_file():
+            return folder
+    raise FileNotFoundError(
+        "cannot find the course folder (one with notebooks/ and README.md); run the command from "
+        "inside your clone of mtl-tutorial or set MTL_TUTORIAL_ROOT to its path"
     )

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from mtl_tutorial.adapter import MultiTaskAdapterModel
+from mtl_tutorial.adapter import AdaptersAfterEncoder, MultiTaskAdapterModel
 from mtl_tutorial.backbone import count_parameters
 from mtl_tutorial.bench import StepClock, training_step_memory
 from mtl_tutorial.data import MultiTaskDataset, multitask_loader
@@ -42,28 +42,34 @@ from mtl_tutorial.lora import MultiTaskLoRAModel, apply_lora
 from mtl_tutorial.models import HardSharingModel, TextEncoderTrunk
 from mtl_tutorial.multitask_peft import MultiTaskPEFTModel
 from mtl_tutorial.prefix import MultiTaskPrefixModel, PromptTunedEncoder
-from mtl_tutorial.runtime import seed_everything
+from mtl_tutorial.runtime import check_device, seed_everything
 from mtl_tutorial.training import History, accuracy, evaluate, train
 
 FROZEN = "frozen features"
+ARTICLE_ADAPTERS = "adapters after the encoder (article)"  # chapter 07's pitfall, not a contender
 METHODS = (FROZEN, "full fine-tuning", "Houlsby adapters", "Pfeiffer adapters", "LoRA r=4", "LoRA r=8",
            "LoRA r=16", "shared LoRA r=8", "prefix-tuning", "prompt tuning")
 HEAD_LR = 1e-2
 BODY_LR = {"full fine-tuning": 5e-5, "Houlsby adapters": 1e-3, "Pfeiffer adapters": 1e-3, "LoRA r=4": 1e-3,
-           "LoRA r=8": 1e-3, "LoRA r=16": 1e-3, "shared LoRA r=8": 1e-3, "prefix-tuning": 1e-2, "prompt tuning": 1e-2}
+           "LoRA r=8": 1e-3, "LoRA r=16": 1e-3, "shared LoRA r=8": 1e-3, "prefix-tuning": 1e-2, "prompt tuning": 1e-2,
+           ARTICLE_ADAPTERS: 1e-3}
 BOTTLENECK_SIZE = 64  # the adapters' m (chapter 07)
 NUM_VIRTUAL_TOKENS = 10  # P of prefix- and prompt tuning (chapter 09)
 
 
 def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; the showdown's methods are: {', '.join(METHODS)}")
+    if method not in (*METHODS, ARTICLE_ADAPTERS):
+        raise ValueError(f"unknown method {method!r}; the showdown's methods are: {', '.join(METHODS)} "
+                         f"(and chapter 07's {ARTICLE_ADAPTERS!r})")
 
 
-def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str, nn.Module], max_length: int) -> nn.Module:
+def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str, nn.Module], max_length: int,
+                bottleneck_size: int = BOTTLENECK_SIZE) -> nn.Module:
     """The model ``method`` trains, on a copy of ``backbone`` (left unchanged) with copies of ``heads``.
 
     ``FROZEN`` is the heads alone: they read features the frozen backbone computed once.
+    ``ARTICLE_ADAPTERS``: the article's adapter stack after the frozen encoder, shared by the tasks.
+    bottleneck_size: m of the adapters (the adapter methods only).
     """
     _check_method(method)
     heads = copy.deepcopy(dict(heads))
@@ -72,13 +78,15 @@ def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str,
     encoder = copy.deepcopy(backbone)
     if method == "full fine-tuning":
         return HardSharingModel(TextEncoderTrunk(encoder.requires_grad_(True), tokenizer, max_length), heads)
+    if method == ARTICLE_ADAPTERS:
+        return HardSharingModel(TextEncoderTrunk(AdaptersAfterEncoder(encoder, bottleneck_size), tokenizer, max_length), heads)
     if method == "prompt tuning":
         return HardSharingModel(TextEncoderTrunk(PromptTunedEncoder(encoder, NUM_VIRTUAL_TOKENS), tokenizer, max_length), heads)
     if method == "shared LoRA r=8":
         return HardSharingModel(TextEncoderTrunk(apply_lora(encoder, ("query", "value"), r=8, alpha=16), tokenizer, max_length), heads)
     trunk = TextEncoderTrunk(encoder.requires_grad_(False), tokenizer, max_length)
     if method.endswith("adapters"):
-        return MultiTaskAdapterModel(trunk, heads, BOTTLENECK_SIZE, placement=method.split()[0].lower())
+        return MultiTaskAdapterModel(trunk, heads, bottleneck_size, placement=method.split()[0].lower())
     if method.startswith("LoRA"):
         r = int(method.split("=")[1])
         return MultiTaskLoRAModel(trunk, heads, ("query", "value"), r=r, alpha=2 * r)
@@ -158,13 +166,20 @@ def run_method(
     max_length: int = 32,
     features: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     keep_model: bool = False,
+    bottleneck_size: int = BOTTLENECK_SIZE,
+    device: torch.device | str | None = None,
+    head_lr: float = HEAD_LR,
+    body_lr: float | None = None,
 ) -> ShowdownRow:
     """Train ``method`` on the tasks for ``num_steps`` mixed batches with seed ``seed``, test it.
 
     train_tasks, test_tasks: task -> an object with ``texts``, ``labels`` and ``num_classes`` (e.g.
     ``load_text_tasks``). features: {"train"|"test": {task: (N, H)}} of the frozen backbone, used by
     ``FROZEN`` (computed here when None). The metric is accuracy. keep_model: the row holds the
-    trained model (``row.model``).
+    trained model (``row.model``). bottleneck_size: the adapters' m. device: where the model trains
+    (default: the CPU); the frozen features are computed on the CPU and cached. head_lr, body_lr:
+    Adam's step sizes of the heads and of what the method trains inside the backbone (default
+    ``HEAD_LR`` and ``BODY_LR[method]``).
     """
     _check_method(method)
     if num_steps < 1:
@@ -174,7 +189,9 @@ def run_method(
         raise ValueError(f"train and test tasks differ: {sorted(tasks)} vs {sorted(test_tasks)}")
     seed_everything(seed)
     heads = {task: nn.Linear(backbone.config.hidden_size, train_tasks[task].num_classes) for task in tasks}
-    model = build_model(method, backbone, tokenizer, heads, max_length)
+    model = build_model(method, backbone, tokenizer, heads, max_length, bottleneck_size)
+    if device is not None:
+        model.to(check_device(device))
     if method == FROZEN:
         if features is None:
             features = _frozen_features(backbone, tokenizer, train_tasks, test_tasks, max_length)
@@ -187,12 +204,14 @@ def run_method(
     loss_fns = {task: F.cross_entropy for task in tasks}
     loader = multitask_loader(train_data, batch_size, mixed=True, seed=seed)
     first_batch = next(iter(multitask_loader(train_data, batch_size, mixed=True, seed=seed)))  # training's first batch
+    first_batch = first_batch.to(next(model.parameters()).device)
     memory = training_step_memory(model, first_batch, loss_fns)
     body = [p for p in model.trunk.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam([{"params": model.heads.parameters(), "lr": HEAD_LR}]
-                                 + ([{"params": body, "lr": BODY_LR[method]}] if body else []))
+    body_lr = BODY_LR.get(method) if body_lr is None else body_lr
+    optimizer = torch.optim.Adam([{"params": model.heads.parameters(), "lr": head_lr}]
+                                 + ([{"params": body, "lr": body_lr}] if body else []))
     with StepClock(optimizer) as clock:
-        history = train(model, loader, loss_fns, num_steps, optimizer=optimizer, progress=False)
+        history = train(model, loader, loss_fns, num_steps, optimizer=optimizer, progress=False, device=device)
     results = evaluate(model, test_data, {"accuracy": accuracy})
     return ShowdownRow(
         method=method,

@@ -1,0 +1,38 @@
+"""Studies: each chapter's experiment at the size its question needs (``runner`` says how they run).
+
+    from mtl_tutorial.studies import get_study, load_study
+    study = get_study("07")             # the grid, the run function, the primary comparisons
+    results = load_study(study)         # notebooks/results/07_adapter_tuning.jsonl, read back
+
+One module per chapter: ``adapter_tuning`` (07), ``peft_showdown`` (10); ``text_runs`` is the run they
+share. ``mtl-tutorial study NN`` runs one from the command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from mtl_tutorial.studies.runner import (
+    Study,
+    StudyResults,
+    config_hash,
+    history_from_row,
+    load_study,
+    reproduction_verdict,
+    run_configs,
+    run_study,
+)
+
+STUDY_MODULES = {"07": "adapter_tuning", "10": "peft_showdown"}
+
+
+def get_study(chapter: str) -> Study:
+    """The study of chapter ``chapter`` ("07" or 7)."""
+    key = f"{int(chapter):02d}" if str(chapter).isdigit() else str(chapter)
+    if key not in STUDY_MODULES:
+        raise ValueError(f"chapter {chapter!r} has no study; studies exist for chapters: {', '.join(STUDY_MODULES)}")
+    return importlib.import_module(f"mtl_tutorial.studies.{STUDY_MODULES[key]}").STUDY
+
+
+__all__ = ["STUDY_MODULES", "Study", "StudyResults", "config_hash", "get_study", "history_from_row", "load_study",
+           "reproduction_verdict", "run_configs", "run_study"]
