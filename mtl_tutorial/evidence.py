@@ -11,7 +11,8 @@ and a comparison of A and B run on the same seeds uses the paired differences d_
 only when the whole interval of the mean difference lies above 0, "no measurable difference" when it
 covers 0. Intervals need n ≥ 2; with few seeds t is large (t = 4.30 for n = 3), as it should be.
 The same statistic t = d̄ / (s_d / √n) is the paired t-test of H0: E[d] = 0, with two-sided
-p = 2 · P(T_{n−1} > |t|): the 1 − α interval excludes 0 exactly when p < α.
+p = 2 · P(T_{n−1} > |t|): the 1 − α interval excludes 0 exactly when p < α (with the exact t quantile;
+the 95 % intervals of ``mean_interval`` use the printed 3-decimal t table for n ≤ 31, as the chapters do).
 
 Many comparisons. The primary comparisons, declared before the study ran, are each tested at level α.
 Every further (exploratory) comparison is one more look, and m looks at level α each find "something"
@@ -46,6 +47,13 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 from scipy import stats
 
+# two-sided 95 % critical values t_{0.975, df} of Student's t distribution, df = 1..30, as printed in t tables
+_T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)
+
 Scores = Mapping[str, Mapping[str, Sequence[float]]]  # {method: {task: [value per seed]}}, seeds paired by position
 
 
@@ -54,12 +62,22 @@ def _check_level(value: float, name: str, example: str) -> None:
         raise ValueError(f"{name} must be a number strictly between 0 and 1 ({example}), got {value!r}")
 
 
+def _t_exact(df: int, confidence: float) -> float:
+    return float(stats.t.ppf(1 - (1 - confidence) / 2, df))
+
+
 def t_critical(df: int, confidence: float = 0.95) -> float:
-    """t_{1−α/2, df} with α = 1 − confidence: the half-width of the interval in standard errors (2.776 for df = 4 at 95 %)."""
+    """t_{1−α/2, df} with α = 1 − confidence: the half-width of the interval in standard errors (2.776 for df = 4 at 95 %).
+
+    At 95 % with df ≤ 30 the printed table (3 decimals, within 5e-4 of the exact quantile), elsewhere
+    ``scipy.stats.t.ppf``.
+    """
     if not isinstance(df, int) or df < 1:
         raise ValueError(f"degrees of freedom must be an int >= 1, got {df!r}; an interval needs at least 2 repeats")
     _check_level(confidence, "confidence", "e.g. 0.95 for a 95 % interval")
-    return float(stats.t.ppf(1 - (1 - confidence) / 2, df))
+    if confidence == 0.95 and df <= len(_T_975):
+        return _T_975[df - 1]
+    return _t_exact(df, confidence)
 
 
 class Interval(NamedTuple):
@@ -93,12 +111,17 @@ def _differences(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
     return _repeats(a - b)
 
 
+def _interval(x: np.ndarray, t: float) -> Interval:
+    """x̄ ± t · s / √n for checked repeats x (n,)."""
+    mean, std = float(x.mean()), float(x.std(ddof=1))
+    half = t * std / math.sqrt(len(x))
+    return Interval(mean, mean - half, mean + half, std, len(x))
+
+
 def mean_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Interval:
     """Mean of ``values`` (n,) with its Student-t interval at ``confidence`` (module docstring)."""
     x = _repeats(values)
-    mean, std = float(x.mean()), float(x.std(ddof=1))
-    half = t_critical(len(x) - 1, confidence) * std / math.sqrt(len(x))
-    return Interval(mean, mean - half, mean + half, std, len(x))
+    return _interval(x, t_critical(len(x) - 1, confidence))
 
 
 def paired_difference(
@@ -294,10 +317,11 @@ def _score_arrays(scores: Scores, tasks: Sequence[str] | None) -> tuple[tuple[st
             raise ValueError(f"method {method!r} has no scores for task(s) {missing}; its tasks are {list(per_task)}")
         rows = [np.asarray(per_task[task], dtype=float) for task in tasks]
         for task, row in zip(tasks, rows):
-            if row.ndim != 1 or not np.isfinite(row).all():
-                raise ValueError(f"scores of {method!r} on {task!r} must be a 1-d sequence of finite values, got {per_task[task]!r}")
-            first = first or (method, task, len(row))
-            if len(row) != first[2]:
+            if row.ndim != 1 or len(row) == 0 or not np.isfinite(row).all():
+                raise ValueError(f"scores of {method!r} on {task!r} must be a non-empty 1-d sequence of finite values, got {per_task[task]!r}")
+            if first is None:
+                first = (method, task, len(row))
+            elif len(row) != first[2]:
                 raise ValueError(
                     f"every method needs the same number of values (seeds, paired by position) on every task: "
                     f"{first[0]!r} on {first[1]!r} has {first[2]}, {method!r} on {task!r} has {len(row)}"
@@ -347,7 +371,9 @@ def family_intervals(
     confidence = np.concatenate([np.full(k, 1 - alpha), _holm_confidences(p[k:], alpha)])
     results = []
     for i, (comparison, (a, b)) in enumerate(zip(everything, pairs)):
-        shown = _scaled(paired_difference(a, b, float(confidence[i])), scale)
+        # the exact t quantile, not the 3-decimal table, so that the interval agrees with p to the last digit
+        d = _differences(a, b)
+        shown = _scaled(_interval(d, _t_exact(len(d) - 1, confidence[i])), scale)
         results.append(FamilyResult(
             comparison, shown, float(p[i]), float(adjusted[i]), float(confidence[i]),
             "primary" if i < k else "exploratory", verdict(shown, (comparison.a, comparison.b)),

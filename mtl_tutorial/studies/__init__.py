@@ -20,6 +20,7 @@ from mtl_tutorial.studies.runner import (
     load_study,
     reproduction_verdict,
     run_configs,
+    run_inline,
     run_study,
 )
 
@@ -35,4 +36,4 @@ def get_study(chapter: str) -> Study:
 
 
 __all__ = ["STUDY_MODULES", "Study", "StudyResults", "config_hash", "get_study", "history_from_row", "load_study",
-           "reproduction_verdict", "run_configs", "run_study"]
+           "reproduction_verdict", "run_configs", "run_inline", "run_study"]

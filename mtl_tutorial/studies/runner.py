@@ -300,7 +300,7 @@ class StudyResults:
 
     study: Study
     rows: list[dict]
-    path: Path
+    path: Path | None   # None: run inline (``run_inline``), not read from a file
 
     def labels(self) -> list[str]:
         return list(dict.fromkeys(row["config"]["label"] for row in self.rows))
@@ -314,6 +314,18 @@ class StudyResults:
         if not rows:
             raise ValueError(f"no run labelled {label!r} in {self.path.name}; its runs are: {', '.join(self.labels())}")
         return rows
+
+    def configs(self, labels: Iterable[str], seeds: Iterable[int]) -> list[dict]:
+        """The configs of runs ``labels`` with ``seeds`` (for a live re-run with ``run_configs``)."""
+        wanted = set(seeds)
+        return [row["config"] for label in labels for row in self.select(label) if row["config"]["seed"] in wanted]
+
+    def history(self, label: str, seed: int) -> History:
+        """The training losses of run ``label`` with ``seed``."""
+        rows = [row for row in self.select(label) if row["config"]["seed"] == seed]
+        if not rows:
+            raise ValueError(f"run {label!r} has no seed {seed}; its seeds are {self.seeds()}")
+        return history_from_row(rows[0])
 
     def scores(self, labels: Iterable[str] | None = None, metric: str = "scores") -> dict[str, dict[str, list[float]]]:
         """{label: {task: [value per seed]}}: ``metrics[metric]`` of every run (for ``evidence``)."""
@@ -329,7 +341,8 @@ class StudyResults:
         versions = self.rows[0]["versions"]
         dates = sorted(row["date"][:10] for row in self.rows)
         changed = sum(bool(row.get("code_changed")) for row in self.rows)
-        text = (f"{self.path.name}: {len(self.rows)} runs ({len(self.labels())} runs x {len(self.seeds())} seeds), "
+        source = self.path.name if self.path else "run inline (fast mode's small grid, no file)"
+        text = (f"{source}: {len(self.rows)} runs ({len(self.labels())} runs x {len(self.seeds())} seeds), "
                 f"{minutes:.0f} min of compute on {'; '.join(devices)}; torch {versions['torch']}, transformers "
                 f"{versions['transformers']}, peft {versions['peft']}; code at commit {', '.join(commits)}; "
                 f"run {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else ""))
@@ -357,6 +370,13 @@ def load_study(study: Study, path: Path | None = None) -> StudyResults:
                          f"{missing[0]['label']!r}, seed {missing[0]['seed']}): run mtl-tutorial study "
                          f"{study.chapter} to finish it (it resumes)")
     return StudyResults(study, [by_hash[config_hash(c)] for c in configs], path)
+
+
+def run_inline(study: Study, seeds: Sequence[int] = (0, 1), fast: bool = True, device: torch.device | str | None = None,
+               progress: bool = True) -> StudyResults:
+    """The study's grid run here and kept in memory (by default fast mode's small grid on two seeds, so
+    that every interval and table of a chapter runs in CI); nothing is written."""
+    return StudyResults(study, run_configs(study, study.configs(seeds, fast), device, progress), None)
 
 
 def reproduction_verdict(study_rows: Sequence[Mapping], rerun_rows: Sequence[Mapping], tolerance: int = 1) -> str:

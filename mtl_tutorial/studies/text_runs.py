@@ -27,6 +27,7 @@ from torch import nn
 from mtl_tutorial.backbone import load_backbone
 from mtl_tutorial.data import MultiTaskDataset, load_text_tasks, multitask_loader
 from mtl_tutorial.showdown import BODY_LR, BOTTLENECK_SIZE, HEAD_LR, ShowdownRow, run_method
+from mtl_tutorial.studies.runner import history_from_row
 from mtl_tutorial.training import majority_class_accuracy
 
 WORDNET_TASKS = ("supersense", "pos")  # both label the same WordNet glosses (chapter 00)
@@ -124,3 +125,13 @@ def estimate_text_seconds(config: dict) -> float:
     total_train = (config["train_examples"] or 2200) * len(config["tasks"])
     steps = config["epochs"] * math.ceil(total_train / config["batch_size"])
     return steps * per_step * (config["max_length"] / FULL_LENGTH) ** 0.3 + 10
+
+
+def showdown_rows(rows: Sequence[dict]) -> list[ShowdownRow]:
+    """Study rows (results lines, or ``run_configs`` rows) as ``ShowdownRow`` s named by their labels,
+    for ``showdown.showdown_table`` and ``plotting.plot_score_vs_parameters``; a kept model comes along."""
+    fields = ("scores", "trainable_parameters", "backbone_parameters", "task_file_bytes", "step_seconds",
+              "peak_memory_bytes", "memory_measure")
+    return [ShowdownRow(method=row["config"]["label"], seed=row["config"]["seed"],
+                        **{name: row["metrics"][name] for name in fields},
+                        history=history_from_row(row), model=row.get("model")) for row in rows]

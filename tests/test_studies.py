@@ -1,0 +1,193 @@
+"""The study runner: one line per finished run, resumable after a kill, nothing run twice."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mtl_tutorial.studies import get_study, load_study, reproduction_verdict, run_configs, run_study
+from mtl_tutorial.studies import runner
+from mtl_tutorial.studies.runner import config_hash, read_rows
+
+FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+import tiny_study  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def clean_code(monkeypatch):
+    monkeypatch.setattr(runner, "code_provenance", lambda root=None: {"commit": "abc", "code_changed": False})
+
+
+def test_a_killed_study_resumes_without_losing_or_repeating_a_run(tmp_path, monkeypatch, clean_code):
+    path, log = tmp_path / "99_tiny.jsonl", tmp_path / "runs.log"
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import tiny_study; "
+              "from mtl_tutorial.studies import runner; "
+              "runner.code_provenance = lambda root=None: {'commit': 'abc', 'code_changed': False}; "
+              "from pathlib import Path; runner.run_study(tiny_study.STUDY, path=Path(sys.argv[2]), progress=False)")
+    env = {**os.environ, "RUN_LOG": str(log), "RUN_SECONDS": "0.4"}
+    child = subprocess.Popen([sys.executable, "-c", script, str(FIXTURES), str(path)], env=env)
+    deadline = time.time() + 60
+    while len(read_rows(path)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)   # half-way: the third run is in progress
+    child.wait()
+    finished = read_rows(path)
+    assert 2 <= len(finished) < 6
+    with open(path, "a") as file:
+        file.write('{"study": "99_tiny", "config": {"lab')   # a line torn by the kill
+    monkeypatch.setenv("RUN_LOG", str(log))
+    rows = run_study(tiny_study.STUDY, path=path, progress=False)
+    assert [r["config"]["label"] + str(r["config"]["seed"]) for r in rows] == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    on_disk = read_rows(path)
+    assert len(on_disk) == 6 and len({r["config_hash"] for r in on_disk}) == 6
+    assert on_disk[:len(finished)] == finished   # nothing finished was lost or rewritten
+    executed = log.read_text().split("\n")[:-1]
+    # each run executed once, except at most the one killed in progress
+    assert len(executed) - len(set(executed)) <= 1 and len(set(executed)) == 6
+    assert run_study(tiny_study.STUDY, path=path, progress=False) == rows   # all done: nothing runs
+    assert len(log.read_text().split("\n")[:-1]) == len(executed)
+
+
+def test_a_changed_config_reruns_only_what_changed(tmp_path, monkeypatch, clean_code):
+    path, log = tmp_path / "99_tiny.jsonl", tmp_path / "runs.log"
+    monkeypatch.setenv("RUN_LOG", str(log))
+    run_study(tiny_study.STUDY, path=path, progress=False)
+    log.unlink()
+    changed = tiny_study.STUDY.__class__(**{**tiny_study.STUDY.__dict__, "grid": lambda seeds, fast=False: [
+        {**c, "scale": 3.0} if c["label"] == "b" and c["seed"] == 1 else c for c in tiny_study.grid(seeds)]})
+    rows = run_study(changed, path=path, progress=False)
+    assert log.read_text() == "b 1\n" and rows[3]["metrics"]["scores"]["t"] == 3.0
+    assert len(read_rows(path)) == 7   # the old line stays; load_study takes the grid's lines
+    assert load_study(changed, path=path).rows == rows
+
+
+def test_the_label_does_not_change_the_hash_and_the_line_records_its_provenance(tmp_path, clean_code):
+    assert config_hash({"label": "x", "seed": 1}) == config_hash({"label": "y", "seed": 1})
+    assert config_hash({"seed": 1, "a": 2}) == config_hash({"a": 2, "seed": 1}) != config_hash({"seed": 2, "a": 2})
+    row = run_study(tiny_study.STUDY, path=tmp_path / "99_tiny.jsonl", progress=False)[0]
+    assert row["commit"] == "abc" and row["code_changed"] is False and row["threads"] >= 1
+    assert {"torch", "transformers", "peft", "mtl_tutorial"} <= set(row["versions"]) and row["device"]
+    with pytest.raises(TypeError, match="JSON values"):
+        config_hash({"seed": object()})
+
+
+def test_uncommitted_code_is_refused_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "code_provenance", lambda root=None: {"commit": "abc", "code_changed": True})
+    with pytest.raises(RuntimeError, match="uncommitted changes"):
+        run_study(tiny_study.STUDY, path=tmp_path / "x.jsonl", progress=False)
+    rows = run_study(tiny_study.STUDY, path=tmp_path / "x.jsonl", progress=False, allow_uncommitted=True)
+    assert all(row["code_changed"] for row in rows)
+    assert "WARNING: 6 run(s) ran with uncommitted code changes" in load_study(tiny_study.STUDY, tmp_path / "x.jsonl").describe()
+
+
+def test_borrowed_runs_are_copied_not_rerun(tmp_path, monkeypatch, clean_code):
+    log = tmp_path / "runs.log"
+    monkeypatch.setenv("RUN_LOG", str(log))
+    run_study(tiny_study.STUDY, path=tmp_path / "99_tiny.jsonl", progress=False)
+    log.unlink()
+    borrower = tiny_study.STUDY.__class__(**{**tiny_study.STUDY.__dict__, "slug": "borrower", "borrow_from": ("99_tiny",),
+                                             "grid": lambda seeds, fast=False: tiny_study.grid(seeds) + [
+                                                 {"label": "c", "seed": s, "scale": 5.0} for s in seeds]})
+    rows = run_study(borrower, path=tmp_path / "99_borrower.jsonl", progress=False)
+    assert log.read_text() == "c 0\nc 1\nc 2\n"
+    assert [r.get("borrowed_from") for r in rows[:6]] == ["99_tiny.jsonl"] * 6 and rows[0]["study"] == "99_borrower"
+
+
+def test_dry_run_prints_the_grid_and_runs_nothing(tmp_path, capsys, clean_code):
+    assert run_study(tiny_study.STUDY, path=tmp_path / "t.jsonl", dry_run=True) == []
+    out = capsys.readouterr().out
+    assert "6 runs, 0 done, 6 to run" in out and not (tmp_path / "t.jsonl").exists()
+
+
+def test_load_study_names_what_is_missing_and_a_damaged_line(tmp_path, clean_code):
+    path = tmp_path / "99_tiny.jsonl"
+    with pytest.raises(FileNotFoundError, match="mtl-tutorial study 99"):
+        load_study(tiny_study.STUDY, path)
+    run_study(tiny_study.STUDY, seeds=[0], path=path, progress=False)
+    with pytest.raises(ValueError, match="lacks 4 of the study's 6 runs"):
+        load_study(tiny_study.STUDY, path)
+    path.write_text("not json\n" + path.read_text())
+    with pytest.raises(ValueError, match="line 1: not a JSON line"):
+        read_rows(path)
+
+
+def test_results_read_back_by_label_and_task(tmp_path, clean_code):
+    run_study(tiny_study.STUDY, path=tmp_path / "99_tiny.jsonl", progress=False)
+    results = load_study(tiny_study.STUDY, tmp_path / "99_tiny.jsonl")
+    assert results.labels() == ["a", "b"] and results.seeds() == [0, 1, 2]
+    assert results.scores() == {"a": {"t": [0.0, 1.0, 4.0]}, "b": {"t": [0.0, 2.0, 8.0]}}
+    with pytest.raises(ValueError, match="runs are: a, b"):
+        results.select("c")
+    assert "99_tiny.jsonl: 6 runs (2 runs x 3 seeds)" in results.describe()
+
+
+def test_reproduction_verdict_counts_test_examples(tmp_path, clean_code):
+    study_rows = run_study(tiny_study.STUDY, path=tmp_path / "99_tiny.jsonl", progress=False)
+    rerun = run_configs(tiny_study.STUDY, [study_rows[4]["config"], study_rows[5]["config"]], progress=False,
+                        keep_models=True)
+    assert rerun[0]["model"] == "model"
+    assert reproduction_verdict(study_rows, rerun) == (
+        "reproduced 2 of 2 runs: every task's test accuracy within 1 test example of the study's")
+    rerun[1]["metrics"] = {"correct": {"t": 11}}   # b, seed 2 scored 8
+    assert reproduction_verdict(study_rows, rerun) == (
+        "reproduced 1 of 2 runs within 1 test example; not reproduced: b, seed 2 (off by 3 examples)")
+    with pytest.raises(ValueError, match="not in the study"):
+        reproduction_verdict(study_rows[:2], rerun)
+
+
+def test_the_chapter_studies_have_primary_comparisons_of_their_own_runs_and_five_seeds():
+    for chapter in ("07", "10"):
+        study = get_study(chapter)
+        labels = {config["label"] for config in study.configs()}
+        assert 1 <= len(study.primary) <= 3 and len(study.default_seeds) >= 5
+        assert all({c.a, c.b} <= labels for c in study.primary)
+        assert all(config["epochs"] >= 1 for config in study.configs())
+    with pytest.raises(ValueError, match="studies exist for chapters: 07, 10"):
+        get_study("05")
+
+
+def test_chapter_10_borrows_chapter_07s_runs_config_for_config():
+    seven = {config_hash(c) for c in get_study("07").configs()}
+    ten = [c for c in get_study("10").configs() if config_hash(c) in seven]
+    assert sorted({c["method"] for c in ten}) == ["Houlsby adapters", "Pfeiffer adapters", "frozen features",
+                                                   "full fine-tuning"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks" / "results").glob("*.jsonl")))
+def test_committed_results_were_produced_by_committed_code(name):
+    rows = read_rows(ROOT / "notebooks" / "results" / name)
+    assert rows and all(row["code_changed"] is False for row in rows), f"{name}: a run with uncommitted code"
+    for commit in {row["commit"] for row in rows}:
+        known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True)
+        assert known.returncode == 0, f"{name}: commit {commit} is not in this repository's history"
+
+
+def test_the_study_command_dry_run_prints_the_grid_and_its_time(capsys):
+    from mtl_tutorial.cli import main
+
+    assert main(["study", "07", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "study 07_adapter_tuning" in out and "40 runs" in out and "min on a 2-core CPU" in out
+    assert main(["study", "10", "--dry-run", "--seeds", "2"]) == 0
+    assert "20 runs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["study", "05"], "studies exist for chapters: 07, 10"),
+                                               (["study", "07", "--seeds", "1"], "--seeds must be >= 2"),
+                                               (["study", "07", "--device", "cuda:7"], "")])
+def test_the_study_command_refuses_bad_input_with_a_message(argv, message, capsys):
+    from mtl_tutorial.cli import main
+
+    if argv[-1] == "cuda:7" and __import__("torch").cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    assert main(argv + ["--dry-run"] if "--device" not in argv else argv + ["--allow-uncommitted"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
