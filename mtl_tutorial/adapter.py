@@ -161,13 +161,15 @@ def apply_adapters(
     placement: str = "houlsby",
     activation: str = "gelu",
     tasks: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
 ) -> nn.Module:
     """Put an adapter after the chosen projections of every transformer layer, freeze everything
     else, and return ``model`` (changed in place).
 
     placement: ``"houlsby"`` (attention and feed-forward outputs) or ``"pfeiffer"`` (feed-forward
     only). ``tasks=None``: one ``BottleneckAdapter`` per place; a list of task names: a
-    ``MultiTaskBottleneckAdapter`` (one adapter per task) per place.
+    ``MultiTaskBottleneckAdapter`` (one adapter per task) per place. layers: the indices of the
+    transformer layers that get adapters (0 = the lowest; None: all).
     """
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; placements are: {', '.join(PLACEMENTS)}")
@@ -177,8 +179,8 @@ def apply_adapters(
             f"this model already has {len(existing)} adapters (e.g. in {next(iter(existing))}); apply "
             f"adapters once, or start again from a fresh copy of the backbone (copy.deepcopy before apply_adapters)"
         )
-    layers = transformer_layers(model)
-    if not layers:
+    found = list(transformer_layers(model).values())
+    if not found:
         raise no_target_error(
             model, f"BERT-like transformer layer (a module with nn.Linear projections "
             f"{' and '.join(PLACEMENTS['houlsby'])}, e.g. model.encoder.layer[0])"
@@ -187,7 +189,7 @@ def apply_adapters(
         check_task_names(tasks)
     _check_adapter_arguments(bottleneck_size, activation)
     model.requires_grad_(False)
-    for layer in layers.values():
+    for layer in _chosen_layers(found, layers):
         for path in PLACEMENTS[placement]:
             parent_path, _, child = path.rpartition(".")
             parent, base = layer.get_submodule(parent_path), _linear_at(layer, path)
@@ -198,6 +200,18 @@ def apply_adapters(
             )
             setattr(parent, child, AdaptedLinear(base, adapter.to(base.weight.device, base.weight.dtype)))
     return model
+
+
+def _chosen_layers(found: list[nn.Module], layers: Sequence[int] | None) -> list[nn.Module]:
+    """The transformer layers at indices ``layers`` (all when None), checked."""
+    if layers is None:
+        return found
+    indices = list(layers)
+    if not indices or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(found) for i in indices) \
+            or len(set(indices)) != len(indices):
+        raise ValueError(f"layers must be distinct layer indices in 0..{len(found) - 1} (this model has {len(found)} "
+                         f"transformer layers), e.g. [3, 4, 5] for the top three; got {layers!r}")
+    return [found[i] for i in sorted(indices)]
 
 
 def adapter_parameter_count(num_layers: int, hidden_size: int, bottleneck_size: int, placement: str = "houlsby") -> int:
@@ -225,10 +239,12 @@ class MultiTaskAdapterModel(MultiTaskPEFTModel):
         bottleneck_size: int = 64,
         placement: str = "houlsby",
         activation: str = "gelu",
+        layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__(trunk, heads)
         self.bottleneck_size, self.placement, self.activation = bottleneck_size, placement, activation
-        apply_adapters(self.trunk, bottleneck_size, placement, activation, tasks=self.tasks)
+        self.layers = None if layers is None else sorted(layers)
+        apply_adapters(self.trunk, bottleneck_size, placement, activation, tasks=self.tasks, layers=layers)
 
     def task_peft_state_dict(self, task: str) -> dict[str, torch.Tensor]:
         """``adapter.<projection>.<down|up>.<weight|bias>`` of task ``task`` in every adapted projection."""
@@ -239,12 +255,15 @@ class MultiTaskAdapterModel(MultiTaskPEFTModel):
         }
 
     def task_metadata(self) -> dict[str, str]:
-        return {"bottleneck_size": str(self.bottleneck_size), "placement": self.placement, "activation": self.activation}
+        layers = {} if self.layers is None else {"layers": ",".join(map(str, self.layers))}
+        return {"bottleneck_size": str(self.bottleneck_size), "placement": self.placement, "activation": self.activation,
+                **layers}
 
     @classmethod
     def arguments_from_metadata(cls, metadata: dict[str, str]) -> dict:
+        layers = [int(i) for i in metadata["layers"].split(",")] if "layers" in metadata else None
         return {"bottleneck_size": int(metadata["bottleneck_size"]), "placement": metadata["placement"],
-                "activation": metadata["activation"]}
+                "activation": metadata["activation"], "layers": layers}
 
 
 class AdaptersAfterEncoder(nn.Module):

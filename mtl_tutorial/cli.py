@@ -184,7 +184,7 @@ def study_command(args: argparse.Namespace) -> int:
     from mtl_tutorial.studies import get_study, run_study
 
     try:
-        study = get_study(args.chapter)
+        study = get_study(args.chapter, exercises=args.exercises)
         seeds = None if args.seeds is None else range(args.seeds)
         if args.seeds is not None and args.seeds < 2:
             raise ValueError(f"--seeds must be >= 2 (an interval needs two repeats), got {args.seeds}")
@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="where runs train: cpu (default), cuda, cuda:N, mps")
     p.add_argument("--seeds", type=int, default=None, metavar="K", help="seeds 0..K-1 (default: the study's own)")
     p.add_argument("--dry-run", action="store_true", help="print the grid, what is done and the estimated time")
+    p.add_argument("--exercises", action="store_true", help="the runs of the chapter's worked solutions instead")
     p.add_argument("--allow-uncommitted", action="store_true",
                    help="run although the package has uncommitted changes (the lines record code_changed: true)")
     p.set_defaults(func=study_command)

@@ -64,12 +64,14 @@ def _check_method(method: str) -> None:
 
 
 def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str, nn.Module], max_length: int,
-                bottleneck_size: int = BOTTLENECK_SIZE) -> nn.Module:
+                bottleneck_size: int = BOTTLENECK_SIZE, activation: str = "gelu",
+                adapter_layers: Sequence[int] | None = None) -> nn.Module:
     """The model ``method`` trains, on a copy of ``backbone`` (left unchanged) with copies of ``heads``.
 
     ``FROZEN`` is the heads alone: they read features the frozen backbone computed once.
     ``ARTICLE_ADAPTERS``: the article's adapter stack after the frozen encoder, shared by the tasks.
-    bottleneck_size: m of the adapters (the adapter methods only).
+    bottleneck_size, activation, adapter_layers: the adapters' m, σ and the transformer layers that
+    get them (None: all), for the per-task adapter methods.
     """
     _check_method(method)
     heads = copy.deepcopy(dict(heads))
@@ -86,7 +88,8 @@ def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str,
         return HardSharingModel(TextEncoderTrunk(apply_lora(encoder, ("query", "value"), r=8, alpha=16), tokenizer, max_length), heads)
     trunk = TextEncoderTrunk(encoder.requires_grad_(False), tokenizer, max_length)
     if method.endswith("adapters"):
-        return MultiTaskAdapterModel(trunk, heads, bottleneck_size, placement=method.split()[0].lower())
+        return MultiTaskAdapterModel(trunk, heads, bottleneck_size, placement=method.split()[0].lower(),
+                                     activation=activation, layers=adapter_layers)
     if method.startswith("LoRA"):
         r = int(method.split("=")[1])
         return MultiTaskLoRAModel(trunk, heads, ("query", "value"), r=r, alpha=2 * r)
@@ -170,13 +173,16 @@ def run_method(
     device: torch.device | str | None = None,
     head_lr: float = HEAD_LR,
     body_lr: float | None = None,
+    activation: str = "gelu",
+    adapter_layers: Sequence[int] | None = None,
 ) -> ShowdownRow:
     """Train ``method`` on the tasks for ``num_steps`` mixed batches with seed ``seed``, test it.
 
     train_tasks, test_tasks: task -> an object with ``texts``, ``labels`` and ``num_classes`` (e.g.
     ``load_text_tasks``). features: {"train"|"test": {task: (N, H)}} of the frozen backbone, used by
     ``FROZEN`` (computed here when None). The metric is accuracy. keep_model: the row holds the
-    trained model (``row.model``). bottleneck_size: the adapters' m. device: where the model trains
+    trained model (``row.model``). bottleneck_size, activation, adapter_layers: the adapters' m, σ
+    and layers (``build_model``). device: where the model trains
     (default: the CPU); the frozen features are computed on the CPU and cached. head_lr, body_lr:
     Adam's step sizes of the heads and of what the method trains inside the backbone (default
     ``HEAD_LR`` and ``BODY_LR[method]``).
@@ -189,7 +195,7 @@ def run_method(
         raise ValueError(f"train and test tasks differ: {sorted(tasks)} vs {sorted(test_tasks)}")
     seed_everything(seed)
     heads = {task: nn.Linear(backbone.config.hidden_size, train_tasks[task].num_classes) for task in tasks}
-    model = build_model(method, backbone, tokenizer, heads, max_length, bottleneck_size)
+    model = build_model(method, backbone, tokenizer, heads, max_length, bottleneck_size, activation, adapter_layers)
     if device is not None:
         model.to(check_device(device))
     if method == FROZEN:
@@ -257,10 +263,20 @@ def showdown(
     return rows
 
 
-def showdown_table(rows: Sequence[ShowdownRow], majority: Mapping[str, float] | None = None) -> str:
+def showdown_table(rows: Sequence[ShowdownRow], majority: Mapping[str, float] | None = None,
+                   with_scores: bool = True) -> str:
     """One line per method: each task's test accuracy and the mean (mean ± std over seeds, in %),
-    trainable parameters (% of the backbone), MB per task file, ms per step, peak MB of a step.
-    majority: task -> accuracy of always predicting the most frequent training class (a first row)."""
+    trainable parameters (% of the backbone), MB of one task's file, ms per step, peak MB of a step
+    (MB = 10⁶ bytes), and footnotes that say what the cost columns charge:
+
+    - ``*`` (full fine-tuning, shared LoRA, prompt tuning): the method trains one body shared by the tasks, and each task's file
+      holds all of it (the shared weights are not split between the tasks);
+    - ``†`` (``FROZEN``): ms/step and peak MB are the heads' alone; the backbone pass that computed
+      the features once beforehand is not in them.
+
+    majority: task -> accuracy of always predicting the most frequent training class (a first row).
+    with_scores: False leaves the accuracy columns out (the costs alone, beside ``evidence.score_table``)."""
+    shared_methods = ("full fine-tuning", "shared LoRA r=8", "prompt tuning")  # one trained body for all tasks
     methods = list(dict.fromkeys(row.method for row in rows))
     tasks = list(rows[0].scores)
 
@@ -270,24 +286,35 @@ def showdown_table(rows: Sequence[ShowdownRow], majority: Mapping[str, float] | 
         interval = mean_interval(values)
         return f"{100 * interval.mean:.1f} ± {100 * interval.std:.1f}"
 
-    header = f"{'method':<20}" + "".join(f"{task:>15}" for task in tasks) + f"{'mean':>15}" + \
-        f"{'trainable':>24}{'MB/task':>9}{'ms/step':>9}{'peak MB':>9}"
+    score_columns = tasks + ["mean"] if with_scores else []
+    header = f"{'method':<20}" + "".join(f"{column:>15}" for column in score_columns) + \
+        f"{'trainable':>24}{'MB/task file':>14}{'ms/step':>9}{'peak MB':>10}"
     lines = [header]
-    if majority is not None:
+    if majority is not None and with_scores:
         lines.append(f"{'majority class':<20}" + "".join(f"{100 * majority[task]:>15.1f}" for task in tasks)
                      + f"{100 * statistics.mean(majority[task] for task in tasks):>15.1f}")
     for method in methods:
         mine = [row for row in rows if row.method == method]
         first = mine[0]
+        shared, frozen = ("*" if method in shared_methods else " "), ("†" if method == FROZEN else " ")
+        scores = ("".join(f"{cell([row.scores[task] for row in mine]):>15}" for task in tasks)
+                  + f"{cell([row.mean_score for row in mine]):>15}") if with_scores else ""
         lines.append(
-            f"{method:<20}" + "".join(f"{cell([row.scores[task] for row in mine]):>15}" for task in tasks)
-            + f"{cell([row.mean_score for row in mine]):>15}"
+            f"{method:<20}" + scores
             + f"{f'{first.trainable_parameters:,} ({100 * first.trainable_share:.2f} %)':>24}"
-            + f"{statistics.mean(first.task_file_bytes.values()) / 1e6:>9.2f}"
-            + f"{1000 * statistics.median(row.step_seconds for row in mine):>9.0f}"
-            + f"{first.peak_memory_bytes / 2**20:>9.1f}"
+            + f"{statistics.mean(first.task_file_bytes.values()) / 1e6:>13.2f}{shared}"
+            + f"{1000 * statistics.median(row.step_seconds for row in mine):>8.0f}{frozen}"
+            + f"{first.peak_memory_bytes / 1e6:>9.1f}{frozen}"
         )
     seeds = sorted({row.seed for row in rows})
-    lines.append(f"(test accuracy in %, mean ± std over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}; "
-                 f"memory: {rows[0].memory_measure})")
+    count = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    what = f"test accuracy in %, mean ± std over {count}" if with_scores else f"{count} per method"
+    lines.append(f"({what}; ms/step: median over seeds of each run's median step; peak MB: one training step, "
+                 f"weights included, {rows[0].memory_measure}; MB = 10^6 bytes)")
+    if any(method in shared_methods for method in methods):
+        lines.append("* shared by the tasks: each task's file holds ALL the shared trained weights (for full fine-tuning "
+                     "the whole backbone), not a per-task share; serving T tasks needs one copy of them and T heads")
+    if FROZEN in methods:
+        lines.append(f"† {FROZEN}: the heads' step alone; the backbone pass that computed the features (once, before "
+                     f"training) is excluded, as are the backbone's weights from peak MB")
     return "\n".join(lines)

@@ -281,3 +281,26 @@ def test_adapters_after_the_encoder_leave_every_layer_unchanged(backbone):
     assert not torch.allclose(output_after.last_hidden_state, plain[-1])
     with pytest.raises(AttributeError, match="output_dim"):
         encoder.encoder.layer[0].output_dim  # what the article's AdapterModel reads
+
+
+def test_adapters_in_chosen_layers_only_and_the_choice_saved_with_the_task(tmp_path):
+    import copy as copy_
+
+    from mtl_tutorial.adapter import MultiTaskAdapterModel, adapter_layers, apply_adapters
+    from mtl_tutorial.backbone import load_backbone
+    from mtl_tutorial.models import TextEncoderTrunk
+
+    backbone, tokenizer = load_backbone()
+    top = apply_adapters(copy_.deepcopy(backbone), 8, "pfeiffer", layers=[3, 4, 5])
+    assert sorted(adapter_layers(top)) == [f"encoder.layer.{i}.output.dense" for i in (3, 4, 5)]
+    for bad in ([6], [], [1, 1], [-1], [True]):
+        with pytest.raises(ValueError, match="distinct layer indices in 0..5"):
+            apply_adapters(copy_.deepcopy(backbone), 8, layers=bad)
+    heads = {"a": torch.nn.Linear(384, 2)}
+    model = MultiTaskAdapterModel(TextEncoderTrunk(copy_.deepcopy(backbone), tokenizer, 16), heads, 8, layers=[5, 4])
+    assert model.task_metadata()["layers"] == "4,5" and len(adapter_layers(model.trunk)) == 4
+    model.save_task("a", tmp_path / "a.safetensors")
+    everywhere = MultiTaskAdapterModel(TextEncoderTrunk(copy_.deepcopy(backbone), tokenizer, 16), heads, 8)
+    with pytest.raises(ValueError, match="layers"):
+        everywhere.load_task("a", tmp_path / "a.safetensors")
+    assert MultiTaskAdapterModel.arguments_from_metadata(model.task_metadata())["layers"] == [4, 5]

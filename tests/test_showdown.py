@@ -112,16 +112,29 @@ def test_showdown_runs_seeds_outermost_and_computes_frozen_features_once(backbon
         showdown(["LoRA"], [0], *backbone, *data, num_steps=1)
 
 
-def test_table_shows_mean_and_std_over_seeds_beside_the_majority_class():
+def test_table_shows_mean_and_std_over_seeds_beside_the_majority_class_and_says_what_costs_charge():
     def row(method, seed, supersense, pos):
         return ShowdownRow(method, seed, {"supersense": supersense, "pos": pos}, 1_000, 100_000,
-                           {"supersense": 2_000_000, "pos": 4_000_000}, 0.25 + seed, 3 * 2**20, "cpu torch profiler")
+                           {"supersense": 2_000_000, "pos": 4_000_000}, 0.25 + seed, 3_000_000, "cpu torch profiler")
 
-    rows = [row("LoRA r=8", 0, 0.5, 0.8), row("LoRA r=8", 1, 0.6, 0.8), row(FROZEN, 0, 0.4, 0.7), row(FROZEN, 1, 0.4, 0.9)]
+    rows = [row("LoRA r=8", 0, 0.5, 0.8), row("LoRA r=8", 1, 0.6, 0.8), row(FROZEN, 0, 0.4, 0.7), row(FROZEN, 1, 0.4, 0.9),
+            row("shared LoRA r=8", 0, 0.5, 0.8), row("shared LoRA r=8", 1, 0.5, 0.8)]
     lines = showdown_table(rows, majority={"supersense": 0.2, "pos": 0.5}).splitlines()
+    assert "MB/task file" in lines[0] and "peak MB" in lines[0]
     assert lines[1].split() == ["majority", "class", "20.0", "50.0", "35.0"]
     assert lines[2].split() == ["LoRA", "r=8", "55.0", "±", "7.1", "80.0", "±", "0.0", "67.5", "±", "3.5",
-                                "1,000", "(1.00", "%)", "3.00", "750", "3.0"]
+                                "1,000", "(1.00", "%)", "3.00", "750", "3.0"]   # MB = 10^6 bytes
     assert lines[3].split()[2:8] == ["40.0", "±", "0.0", "80.0", "±", "14.1"]
-    assert lines[-1] == "(test accuracy in %, mean ± std over 2 seeds; memory: cpu torch profiler)"
+    assert lines[3].split()[-3:] == ["3.00", "750†", "3.0†"]   # frozen features: the heads' step alone
+    assert lines[4].split()[-3:] == ["3.00*", "750", "3.0"]    # shared: each task's file holds all shared weights
+    assert lines[5] == ("(test accuracy in %, mean ± std over 2 seeds; ms/step: median over seeds of each run's median "
+                        "step; peak MB: one training step, weights included, cpu torch profiler; MB = 10^6 bytes)")
+    assert lines[6].startswith("* shared by the tasks: each task's file holds ALL the shared trained weights")
+    assert lines[7].startswith("† frozen features: the heads' step alone; the backbone pass")
+    only_lora = showdown_table(rows[:2]).splitlines()
+    assert not any(line.startswith(("*", "†")) for line in only_lora)
+    costs = showdown_table(rows, majority={"supersense": 0.2, "pos": 0.5}, with_scores=False).splitlines()
+    assert costs[0].split() == ["method", "trainable", "MB/task", "file", "ms/step", "peak", "MB"]
+    assert costs[1].split() == ["LoRA", "r=8", "1,000", "(1.00", "%)", "3.00", "750", "3.0"]   # no majority row, no scores
+    assert costs[4].startswith("(2 seeds per method; ms/step")
     assert METHODS[0] == FROZEN

@@ -191,3 +191,14 @@ def test_the_study_command_refuses_bad_input_with_a_message(argv, message, capsy
     assert main(argv + ["--dry-run"] if "--device" not in argv else argv + ["--allow-uncommitted"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+def test_chapter_07s_exercise_runs_are_houlsby_adapters_changed_in_one_setting_each():
+    study, exercises = get_study("07"), get_study("07", exercises=True)
+    houlsby = next(c for c in study.configs() if c["label"] == "Houlsby adapters" and c["seed"] == 0)
+    for config in exercises.configs(seeds=[0]):
+        changed = {k for k in set(config) | set(houlsby) if k != "label" and config.get(k) != houlsby.get(k)}
+        assert len(changed) == 1, config
+    assert len(exercises.configs()) == 4 * len(study.default_seeds)
+    with pytest.raises(ValueError, match="no study of its worked solutions"):
+        get_study("10", exercises=True)

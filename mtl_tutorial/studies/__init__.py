@@ -2,6 +2,7 @@
 
     from mtl_tutorial.studies import get_study, load_study
     study = get_study("07")             # the grid, the run function, the primary comparisons
+    runs = get_study("07", exercises=True)  # the runs its worked solutions need
     results = load_study(study)         # notebooks/results/07_adapter_tuning.jsonl, read back
 
 One module per chapter: ``adapter_tuning`` (07), ``peft_showdown`` (10); ``text_runs`` is the run they
@@ -27,12 +28,16 @@ from mtl_tutorial.studies.runner import (
 STUDY_MODULES = {"07": "adapter_tuning", "10": "peft_showdown"}
 
 
-def get_study(chapter: str) -> Study:
-    """The study of chapter ``chapter`` ("07" or 7)."""
+def get_study(chapter: str, exercises: bool = False) -> Study:
+    """The study of chapter ``chapter`` ("07" or 7); exercises: the runs of its worked solutions instead."""
     key = f"{int(chapter):02d}" if str(chapter).isdigit() else str(chapter)
     if key not in STUDY_MODULES:
         raise ValueError(f"chapter {chapter!r} has no study; studies exist for chapters: {', '.join(STUDY_MODULES)}")
-    return importlib.import_module(f"mtl_tutorial.studies.{STUDY_MODULES[key]}").STUDY
+    module = importlib.import_module(f"mtl_tutorial.studies.{STUDY_MODULES[key]}")
+    if exercises and not hasattr(module, "EXERCISES"):
+        raise ValueError(f"chapter {key} has no study of its worked solutions' runs; mtl-tutorial study {key} "
+                         f"runs the chapter's")
+    return module.EXERCISES if exercises else module.STUDY
 
 
 __all__ = ["STUDY_MODULES", "Study", "StudyResults", "config_hash", "get_study", "history_from_row", "load_study",

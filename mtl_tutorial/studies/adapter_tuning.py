@@ -60,3 +60,32 @@ STUDY = Study(
     primary=PRIMARY,
     default_seeds=DEFAULT_SEEDS,
 )
+
+# The worked solutions' runs (exercises 1, 3 and 4): Houlsby adapters changed in one way each, with the
+# same seeds, batches and epoch as the study; their reference runs (Houlsby m = 64 with GELU in every
+# layer, Pfeiffer m = 64) are the study's own.
+EXERCISE_RUNS = {
+    "Houlsby adapters, top 3 layers": {"adapter_layers": [3, 4, 5]},   # exercise 1: where do adapters help most?
+    "Houlsby adapters, relu": {"activation": "relu"},                   # exercise 3: does σ matter at m = 64?
+    "Houlsby adapters, tanh": {"activation": "tanh"},
+    "Houlsby adapters, m = 32": {"bottleneck_size": 32},                # exercise 4: Pfeiffer m = 64's parameter count
+}
+
+
+def exercise_grid(seeds, fast: bool = False) -> list[dict]:
+    """The exercises' runs per seed (fast: the small sizes of ``grid``)."""
+    size = dict(train_examples=24, test_examples=16, max_length=32, batch_size=8) if fast else {}
+    return [text_config(label, "Houlsby adapters", seed, **size, **settings)
+            for seed in seeds for label, settings in EXERCISE_RUNS.items()]
+
+
+EXERCISES = Study(
+    chapter="07",
+    slug="adapter_tuning_exercises",
+    question="the worked solutions' adapter variants: top 3 layers, ReLU and tanh, Houlsby at m = 32",
+    grid=exercise_grid,
+    run=run_text_config,
+    estimate_seconds=estimate_text_seconds,
+    primary=(),
+    default_seeds=DEFAULT_SEEDS,
+)

@@ -42,6 +42,8 @@ def text_config(label: str, method: str, seed: int, *, tasks: Sequence[str] = WO
 
     train_examples, test_examples: per task (None: all shipped). epochs: passes over the training
     examples of all tasks together, in mixed batches. bottleneck_size is kept for adapter methods only.
+    extra: further settings, recorded only when given (so that older configs keep their hashes):
+    ``activation`` and ``adapter_layers`` of per-task adapters, ``merges`` (chapter 10).
     """
     if method not in BODY_LR and method != "frozen features":
         raise ValueError(f"unknown method {method!r}; known: frozen features, {', '.join(BODY_LR)}")
@@ -85,7 +87,8 @@ def train_text_config(config: dict, device: torch.device | None = None, keep_mod
     row = run_method(config["method"], config["seed"], backbone, tokenizer, train_tasks, test_tasks,
                      num_steps=steps_for(config), batch_size=config["batch_size"], max_length=config["max_length"],
                      keep_model=keep_model, bottleneck_size=config["bottleneck_size"] or BOTTLENECK_SIZE,
-                     device=device, head_lr=config["head_lr"], body_lr=config["body_lr"])
+                     device=device, head_lr=config["head_lr"], body_lr=config["body_lr"],
+                     activation=config.get("activation", "gelu"), adapter_layers=config.get("adapter_layers"))
     test_examples = {task: len(test_tasks[task]) for task in config["tasks"]}
     history = row.history
     metrics = {
