@@ -21,6 +21,7 @@ backbone, one LoRA, one prompt); adapters, LoRA and prefixes keep one set per ta
 from __future__ import annotations
 
 import copy
+import re
 import statistics
 import tempfile
 from dataclasses import dataclass, field
@@ -57,21 +58,36 @@ BOTTLENECK_SIZE = 64  # the adapters' m (chapter 07)
 NUM_VIRTUAL_TOKENS = 10  # P of prefix- and prompt tuning (chapter 09)
 
 
+QUERY_VALUE = ("query", "value")  # where LoRA goes by default (Hu et al. 2021, §7.1)
+ALL_LINEAR = ("query", "key", "value", "output.dense", "intermediate.dense")  # every linear layer of every block
+LORA_RANK = re.compile(r"^LoRA r=([1-9][0-9]*)$")  # per-task LoRA of any rank: "LoRA r=32"
+
+
 def _check_method(method: str) -> None:
-    if method not in (*METHODS, ARTICLE_ADAPTERS):
+    if method not in (*METHODS, ARTICLE_ADAPTERS) and not LORA_RANK.match(method):
         raise ValueError(f"unknown method {method!r}; the showdown's methods are: {', '.join(METHODS)} "
-                         f"(and chapter 07's {ARTICLE_ADAPTERS!r})")
+                         f"(and chapter 07's {ARTICLE_ADAPTERS!r}; 'LoRA r=N' takes any rank N >= 1)")
+
+
+def body_lr_of(method: str) -> float | None:
+    """Adam's customary step size for what ``method`` trains inside the backbone (None: it trains
+    nothing there, ``FROZEN``); per-task LoRA of any rank takes LoRA's."""
+    _check_method(method)
+    if LORA_RANK.match(method):
+        return BODY_LR["LoRA r=8"]
+    return BODY_LR.get(method)
 
 
 def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str, nn.Module], max_length: int,
                 bottleneck_size: int = BOTTLENECK_SIZE, activation: str = "gelu",
-                adapter_layers: Sequence[int] | None = None) -> nn.Module:
+                adapter_layers: Sequence[int] | None = None, lora_targets: Sequence[str] = QUERY_VALUE) -> nn.Module:
     """The model ``method`` trains, on a copy of ``backbone`` (left unchanged) with copies of ``heads``.
 
     ``FROZEN`` is the heads alone: they read features the frozen backbone computed once.
     ``ARTICLE_ADAPTERS``: the article's adapter stack after the frozen encoder, shared by the tasks.
     bottleneck_size, activation, adapter_layers: the adapters' m, σ and the transformer layers that
-    get them (None: all), for the per-task adapter methods.
+    get them (None: all), for the per-task adapter methods. lora_targets: the module-name patterns
+    LoRA wraps (``QUERY_VALUE``, or e.g. ``ALL_LINEAR``), for the LoRA methods.
     """
     _check_method(method)
     heads = copy.deepcopy(dict(heads))
@@ -85,14 +101,14 @@ def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str,
     if method == "prompt tuning":
         return HardSharingModel(TextEncoderTrunk(PromptTunedEncoder(encoder, NUM_VIRTUAL_TOKENS), tokenizer, max_length), heads)
     if method == "shared LoRA r=8":
-        return HardSharingModel(TextEncoderTrunk(apply_lora(encoder, ("query", "value"), r=8, alpha=16), tokenizer, max_length), heads)
+        return HardSharingModel(TextEncoderTrunk(apply_lora(encoder, tuple(lora_targets), r=8, alpha=16), tokenizer, max_length), heads)
     trunk = TextEncoderTrunk(encoder.requires_grad_(False), tokenizer, max_length)
     if method.endswith("adapters"):
         return MultiTaskAdapterModel(trunk, heads, bottleneck_size, placement=method.split()[0].lower(),
                                      activation=activation, layers=adapter_layers)
     if method.startswith("LoRA"):
         r = int(method.split("=")[1])
-        return MultiTaskLoRAModel(trunk, heads, ("query", "value"), r=r, alpha=2 * r)
+        return MultiTaskLoRAModel(trunk, heads, tuple(lora_targets), r=r, alpha=2 * r)
     return MultiTaskPrefixModel(trunk, heads, NUM_VIRTUAL_TOKENS)
 
 
@@ -175,6 +191,7 @@ def run_method(
     body_lr: float | None = None,
     activation: str = "gelu",
     adapter_layers: Sequence[int] | None = None,
+    lora_targets: Sequence[str] = QUERY_VALUE,
 ) -> ShowdownRow:
     """Train ``method`` on the tasks for ``num_steps`` mixed batches with seed ``seed``, test it.
 
@@ -182,7 +199,7 @@ def run_method(
     ``load_text_tasks``). features: {"train"|"test": {task: (N, H)}} of the frozen backbone, used by
     ``FROZEN`` (computed here when None). The metric is accuracy. keep_model: the row holds the
     trained model (``row.model``). bottleneck_size, activation, adapter_layers: the adapters' m, σ
-    and layers (``build_model``). device: where the model trains
+    and layers; lora_targets: where LoRA goes (``build_model``). device: where the model trains
     (default: the CPU); the frozen features are computed on the CPU and cached. head_lr, body_lr:
     Adam's step sizes of the heads and of what the method trains inside the backbone (default
     ``HEAD_LR`` and ``BODY_LR[method]``).
@@ -195,7 +212,8 @@ def run_method(
         raise ValueError(f"train and test tasks differ: {sorted(tasks)} vs {sorted(test_tasks)}")
     seed_everything(seed)
     heads = {task: nn.Linear(backbone.config.hidden_size, train_tasks[task].num_classes) for task in tasks}
-    model = build_model(method, backbone, tokenizer, heads, max_length, bottleneck_size, activation, adapter_layers)
+    model = build_model(method, backbone, tokenizer, heads, max_length, bottleneck_size, activation, adapter_layers,
+                        lora_targets)
     if device is not None:
         model.to(check_device(device))
     if method == FROZEN:
@@ -213,7 +231,7 @@ def run_method(
     first_batch = first_batch.to(next(model.parameters()).device)
     memory = training_step_memory(model, first_batch, loss_fns)
     body = [p for p in model.trunk.parameters() if p.requires_grad]
-    body_lr = BODY_LR.get(method) if body_lr is None else body_lr
+    body_lr = body_lr_of(method) if body_lr is None else body_lr
     optimizer = torch.optim.Adam([{"params": model.heads.parameters(), "lr": head_lr}]
                                  + ([{"params": body, "lr": body_lr}] if body else []))
     with StepClock(optimizer) as clock:

@@ -59,8 +59,8 @@ def test_shared_methods_train_one_body_for_all_tasks(backbone):
     shared = build_model("shared LoRA r=8", encoder, tokenizer, heads(), 32)
     assert count_parameters(shared, trainable_only=True) == LAYERS * 2 * 8 * (HIDDEN + HIDDEN) + HEADS  # one LoRA
     assert [p.requires_grad for p in encoder.parameters()] == flags  # the backbone given is left as it was
-    with pytest.raises(ValueError, match="unknown method 'LoRA r=3'; the showdown's methods are: frozen features"):
-        build_model("LoRA r=3", encoder, tokenizer, heads(), 32)
+    with pytest.raises(ValueError, match="unknown method 'IA3'; the showdown's methods are: frozen features"):
+        build_model("IA3", encoder, tokenizer, heads(), 32)
 
 
 def test_a_task_file_holds_what_serving_that_task_needs_beyond_the_backbone(backbone):
@@ -138,3 +138,19 @@ def test_table_shows_mean_and_std_over_seeds_beside_the_majority_class_and_says_
     assert costs[1].split() == ["LoRA", "r=8", "1,000", "(1.00", "%)", "3.00", "750", "3.0"]   # no majority row, no scores
     assert costs[4].startswith("(2 seeds per method; ms/step")
     assert METHODS[0] == FROZEN
+
+
+def test_lora_of_any_rank_and_on_every_linear_layer_builds_with_loras_step_size():
+    from mtl_tutorial.lora import lora_layers
+    from mtl_tutorial.showdown import ALL_LINEAR, BODY_LR, body_lr_of, build_model
+
+    backbone, tokenizer = load_backbone()
+    heads = {"a": nn.Linear(384, 2)}
+    model = build_model("LoRA r=32", backbone, tokenizer, heads, 16, lora_targets=ALL_LINEAR)
+    layers = lora_layers(model.trunk)
+    assert len(layers) == 6 * 6 and all(layer.r == 32 for layer in layers.values())   # q, k, v, attention out, FFN in, FFN out
+    assert not any("pooler" in name for name in layers)
+    assert body_lr_of("LoRA r=32") == BODY_LR["LoRA r=8"] and body_lr_of("frozen features") is None
+    for bad in ("LoRA r=0", "LoRA r=x", "lora r=8"):
+        with pytest.raises(ValueError, match="'LoRA r=N' takes any rank"):
+            body_lr_of(bad)

@@ -104,7 +104,7 @@ def test_borrowed_runs_are_copied_not_rerun(tmp_path, monkeypatch, clean_code):
 def test_dry_run_prints_the_grid_and_runs_nothing(tmp_path, capsys, clean_code):
     assert run_study(tiny_study.STUDY, path=tmp_path / "t.jsonl", dry_run=True) == []
     out = capsys.readouterr().out
-    assert "6 runs, 0 done, 6 to run" in out and not (tmp_path / "t.jsonl").exists()
+    assert "6 runs, 0 done, 0 to borrow from no other study, 6 to run" in out and not (tmp_path / "t.jsonl").exists()
 
 
 def test_load_study_names_what_is_missing_and_a_damaged_line(tmp_path, clean_code):
@@ -144,21 +144,24 @@ def test_reproduction_verdict_counts_test_examples(tmp_path, clean_code):
 
 
 def test_the_chapter_studies_have_primary_comparisons_of_their_own_runs_and_five_seeds():
-    for chapter in ("07", "10"):
+    for chapter in ("07", "08", "10"):
         study = get_study(chapter)
         labels = {config["label"] for config in study.configs()}
         assert 1 <= len(study.primary) <= 3 and len(study.default_seeds) >= 5
         assert all({c.a, c.b} <= labels for c in study.primary)
         assert all(config["epochs"] >= 1 for config in study.configs())
-    with pytest.raises(ValueError, match="studies exist for chapters: 07, 10"):
+    with pytest.raises(ValueError, match="studies exist for chapters: 07, 08, 10"):
         get_study("05")
 
 
-def test_chapter_10_borrows_chapter_07s_runs_config_for_config():
+def test_chapters_10_and_08_borrow_the_runs_they_share_config_for_config():
     seven = {config_hash(c) for c in get_study("07").configs()}
     ten = [c for c in get_study("10").configs() if config_hash(c) in seven]
     assert sorted({c["method"] for c in ten}) == ["Houlsby adapters", "Pfeiffer adapters", "frozen features",
                                                    "full fine-tuning"]
+    tens = {config_hash(c) for c in get_study("10").configs()}
+    eight = [c for c in get_study("08").configs() if config_hash(c) in tens]
+    assert sorted({c["label"] for c in eight}) == ["LoRA r=16", "LoRA r=4", "LoRA r=8", "frozen features", "shared LoRA r=8"]
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks" / "results").glob("*.jsonl")))
@@ -180,7 +183,7 @@ def test_the_study_command_dry_run_prints_the_grid_and_its_time(capsys):
     assert "20 runs" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "message"), [(["study", "05"], "studies exist for chapters: 07, 10"),
+@pytest.mark.parametrize(("argv", "message"), [(["study", "05"], "studies exist for chapters: 07, 08, 10"),
                                                (["study", "07", "--seeds", "1"], "--seeds must be >= 2"),
                                                (["study", "07", "--device", "cuda:7"], "")])
 def test_the_study_command_refuses_bad_input_with_a_message(argv, message, capsys):

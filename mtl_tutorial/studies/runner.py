@@ -223,19 +223,22 @@ def run_configs(
     return rows
 
 
-def dry_run_table(study: Study, configs: Sequence[dict], done: Mapping[str, dict]) -> str:
-    """The grid, what is finished and the estimated time of the rest (2-core CPU estimates)."""
+def dry_run_table(study: Study, configs: Sequence[dict], done: Mapping[str, dict], borrowable: set[str] = frozenset()) -> str:
+    """The grid, what is finished (or can be borrowed from another study's file) and the estimated
+    time of the rest (2-core CPU estimates)."""
     lines = [f"study {study.name}: {study.question}",
              f"{'run':<44}{'seed':>5}{'status':>10}{'est. s':>8}"]
-    left = 0.0
+    left, counts = 0.0, {"done": 0, "borrow": 0, "to run": 0}
     for config in configs:
-        finished = config_hash(config) in done
+        key = config_hash(config)
+        status = "done" if key in done else "borrow" if key in borrowable else "to run"
         seconds = study.estimate_seconds(config)
-        left += 0 if finished else seconds
-        lines.append(f"{config['label']:<44}{config['seed']:>5}{'done' if finished else 'to run':>10}{seconds:>8.0f}")
-    todo = sum(config_hash(c) not in done for c in configs)
-    lines.append(f"{len(configs)} runs, {len(configs) - todo} done, {todo} to run: about {left / 60:.0f} min on a "
-                 f"2-core CPU (a GPU takes a fraction of it)")
+        left += seconds if status == "to run" else 0
+        counts[status] += 1
+        lines.append(f"{config['label']:<44}{config['seed']:>5}{status:>10}{seconds:>8.0f}")
+    lines.append(f"{len(configs)} runs, {counts['done']} done, {counts['borrow']} to borrow from "
+                 f"{', '.join(study.borrow_from) or 'no other study'}, {counts['to run']} to run: about {left / 60:.0f} min "
+                 f"on a 2-core CPU (a GPU takes a fraction of it)")
     return "\n".join(lines)
 
 
@@ -259,7 +262,8 @@ def run_study(
     _cut_torn_tail(path)
     done = {row["config_hash"]: row for row in read_rows(path)}
     if dry_run:
-        print(dry_run_table(study, configs, done))
+        borrowable = {row["config_hash"] for other in study.borrow_from for row in read_rows(path.with_name(f"{other}.jsonl"))}
+        print(dry_run_table(study, configs, done, borrowable))
         return [done[config_hash(c)] for c in configs if config_hash(c) in done]
     provenance = code_provenance()
     if provenance["code_changed"] and not allow_uncommitted:

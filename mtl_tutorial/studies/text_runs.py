@@ -26,7 +26,7 @@ from torch import nn
 
 from mtl_tutorial.backbone import load_backbone
 from mtl_tutorial.data import MultiTaskDataset, load_text_tasks, multitask_loader
-from mtl_tutorial.showdown import BODY_LR, BOTTLENECK_SIZE, HEAD_LR, ShowdownRow, run_method
+from mtl_tutorial.showdown import BOTTLENECK_SIZE, HEAD_LR, QUERY_VALUE, ShowdownRow, body_lr_of, run_method
 from mtl_tutorial.studies.runner import history_from_row
 from mtl_tutorial.training import majority_class_accuracy
 
@@ -43,15 +43,15 @@ def text_config(label: str, method: str, seed: int, *, tasks: Sequence[str] = WO
     train_examples, test_examples: per task (None: all shipped). epochs: passes over the training
     examples of all tasks together, in mixed batches. bottleneck_size is kept for adapter methods only.
     extra: further settings, recorded only when given (so that older configs keep their hashes):
-    ``activation`` and ``adapter_layers`` of per-task adapters, ``merges`` (chapter 10).
+    ``activation`` and ``adapter_layers`` of per-task adapters, ``lora_targets`` of LoRA, ``merges``
+    (chapter 10).
     """
-    if method not in BODY_LR and method != "frozen features":
-        raise ValueError(f"unknown method {method!r}; known: frozen features, {', '.join(BODY_LR)}")
+    body_lr = body_lr_of(method)   # checks the method's name
     if not epochs > 0:
         raise ValueError(f"epochs must be > 0, got {epochs!r}")
     return {"label": label, "method": method, "seed": seed, "tasks": list(tasks), "epochs": epochs,
             "batch_size": batch_size, "max_length": max_length, "train_examples": train_examples,
-            "test_examples": test_examples, "head_lr": HEAD_LR, "body_lr": BODY_LR.get(method),
+            "test_examples": test_examples, "head_lr": HEAD_LR, "body_lr": body_lr,
             "bottleneck_size": bottleneck_size if method in ADAPTER_METHODS else None, **extra}
 
 
@@ -88,7 +88,8 @@ def train_text_config(config: dict, device: torch.device | None = None, keep_mod
                      num_steps=steps_for(config), batch_size=config["batch_size"], max_length=config["max_length"],
                      keep_model=keep_model, bottleneck_size=config["bottleneck_size"] or BOTTLENECK_SIZE,
                      device=device, head_lr=config["head_lr"], body_lr=config["body_lr"],
-                     activation=config.get("activation", "gelu"), adapter_layers=config.get("adapter_layers"))
+                     activation=config.get("activation", "gelu"), adapter_layers=config.get("adapter_layers"),
+                     lora_targets=config.get("lora_targets", QUERY_VALUE))
     test_examples = {task: len(test_tasks[task]) for task in config["tasks"]}
     history = row.history
     metrics = {
