@@ -237,11 +237,23 @@ def equivalent(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
     return -margin < d.low and d.high < margin
 
 
-def verdict(difference: Interval, names: tuple[str, str] = ("A", "B"), higher_is_better: bool = True) -> str:
-    """The words an interval of a − b supports: ``"A better"``, ``"B better"`` or ``"no measurable difference"``."""
+def _check_names(names: tuple[str, str]) -> None:
+    if isinstance(names, str) or len(names) != 2 or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"names must be a pair of strings (name of A, name of B), e.g. names=('LoRA', 'adapters'); "
+                        f"got {names!r}")
+
+
+def verdict(difference: Interval, names: tuple[str, str] = ("A", "B"), higher_is_better: bool | None = True) -> str:
+    """The words an interval of a − b supports: ``"A better"``, ``"B better"`` or ``"no measurable difference"``.
+
+    higher_is_better=None: for quantities with no "better" (weights, cosines), ``"A higher"`` or ``"B higher"``.
+    """
+    _check_names(names)
     if difference.low <= 0 <= difference.high:
         return "no measurable difference"
     a_higher = difference.low > 0
+    if higher_is_better is None:
+        return f"{names[0] if a_higher else names[1]} higher"
     return f"{names[0] if a_higher == higher_is_better else names[1]} better"
 
 
@@ -260,16 +272,18 @@ def compare_paired(
     a: Sequence[float] | np.ndarray,
     b: Sequence[float] | np.ndarray,
     names: tuple[str, str] = ("A", "B"),
-    higher_is_better: bool = True,
+    higher_is_better: bool | None = True,
     scale: float = 1.0,
     unit: str = "",
     repeats: str = "seeds",
 ) -> str:
-    """One line for a chapter: ``A − B = +1.2 [+0.3, +2.1] pts (n = 5 seeds): A better``.
+    """One line for a chapter: ``A − B = +1.2 [+0.3, +2.1] pts (n = 5 seeds): A better`` (``"A higher"``
+    with higher_is_better=None, for quantities that have no "better").
 
     ``scale`` multiplies the numbers shown (100 for accuracy in percentage points, with unit " pts");
     ``repeats`` names what the n paired values are (independent runs: seeds, held-out tasks).
     """
+    _check_names(names)
     d = paired_difference(a, b)
     shown = _scaled(d, scale)
     return (

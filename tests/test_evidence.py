@@ -259,3 +259,14 @@ def test_score_table_by_hand():
         score_table(TABLE_SCORES, baselines=["linear probe"])
     with pytest.raises(ValueError, match=r"majority has no accuracy for task\(s\) \['supersense'\]"):
         score_table(TABLE_SCORES, majority={"pos": 0.45})
+
+
+def test_names_must_be_a_pair_and_quantities_without_a_better_get_neutral_words():
+    with pytest.raises(TypeError, match=r"names must be a pair of strings .* got 'LoRA'"):
+        compare_paired([0.7, 0.8], [0.6, 0.7], "LoRA", "adapters")
+    with pytest.raises(TypeError, match="pair of strings"):
+        verdict(Interval(0.1, 0.05, 0.15, 0.01, 3), ("A", "B", "C"))
+    assert verdict(Interval(0.1, 0.05, 0.15, 0.01, 3), ("λ_1", "λ_2"), higher_is_better=None) == "λ_1 higher"
+    assert verdict(Interval(-0.1, -0.15, -0.05, 0.01, 3), ("λ_1", "λ_2"), higher_is_better=None) == "λ_2 higher"
+    line = compare_paired([0.7, 0.8, 0.75], [0.6, 0.7, 0.66], ("cos 1", "cos 2"), higher_is_better=None)
+    assert line.endswith(": cos 1 higher")
