@@ -300,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", metavar="FILE.json", help="rank 0 writes the History and test scores here")
     args = parser.parse_args(argv)
+    if args.output:   # checked before training, not after it
+        folder = Path(args.output).resolve().parent
+        if not folder.is_dir():
+            parser.error(f"--output {args.output}: the folder {folder} does not exist; create it first (mkdir -p)")
+        if not os.access(folder, os.W_OK):
+            parser.error(f"--output {args.output}: the folder {folder} is not writable; choose another path")
 
     device = init_distributed()
     try:

@@ -287,3 +287,10 @@ def test_the_entry_point_under_torchrun_matches_one_process(tmp_path):
     for task in ("task1", "task2"):
         np.testing.assert_allclose(two["history"]["losses"][task], one["history"]["losses"][task], rtol=1e-5)
         np.testing.assert_allclose(two["history"]["task_weights"][task], one["history"]["task_weights"][task], rtol=1e-5)
+
+
+def test_a_missing_output_folder_is_refused_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        distributed.main(["--steps", "100000", "--output", str(tmp_path / "missing" / "x.json")])
+    assert exit_.value.code == 2
+    assert "does not exist; create it first" in capsys.readouterr().err
