@@ -18,14 +18,15 @@ orthogonality term pushes the private encoders to keep what the shared space doe
 paper (LSTM encoders, D trained on the shared LSTM's final state) our encoders are any modules,
 e.g. MLPs on frozen MiniLM features; the loss keeps the paper's three terms.
 
-Layout: ``GradientReversal`` (autograd function and module), ``orthogonality_penalty``,
-``SharedPrivateModel``, ``reversal_ramp`` and the ``AdversarialObjective`` weighting that adds the two terms to the
-course's training loop, and ``discriminator_accuracy``.
+Layout: the argument checks, ``GradientReversal`` (autograd function and module),
+``orthogonality_penalty``, ``SharedPrivateModel``, ``reversal_ramp`` and the ``AdversarialObjective``
+weighting that adds the two terms to the course's training loop, and ``discriminator_accuracy``.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -33,6 +34,14 @@ from torch import nn
 
 from mtl_tutorial.models import HardSharingModel, TaskOutput, select_examples
 from mtl_tutorial.objectives import weighted_sum
+
+
+def _check_weight(name: str, value: Any) -> None:
+    """Raise unless ``value`` is a finite number >= 0 (a bool is not a weight)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number >= 0, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be >= 0 and finite, got {value!r}")
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -50,8 +59,9 @@ class _ReverseGradient(torch.autograd.Function):
 
 def reverse_gradient(features: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """R_λ(features) with λ = ``scale`` ≥ 0: identity forward, gradient times −λ backward."""
-    if not scale >= 0:
-        raise ValueError(f"the reversal scale λ must be >= 0, got {scale!r}")
+    if not isinstance(features, torch.Tensor):
+        raise TypeError(f"features must be a tensor, got {type(features).__name__}")
+    _check_weight("the reversal scale λ", scale)
     return _ReverseGradient.apply(features, float(scale))
 
 
@@ -61,6 +71,7 @@ class GradientReversal(nn.Module):
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
+        _check_weight("the reversal scale λ", scale)
         self.scale = scale
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -75,6 +86,10 @@ def orthogonality_penalty(shared: torch.Tensor, private: torch.Tensor) -> torch.
 
     0 when every shared feature column is orthogonal to every private one over the examples.
     """
+    if not isinstance(shared, torch.Tensor) or not isinstance(private, torch.Tensor):
+        raise TypeError(
+            f"shared and private features must be tensors, got {type(shared).__name__} and {type(private).__name__}"
+        )
     if shared.dim() != 2 or private.dim() != 2 or len(shared) != len(private):
         raise ValueError(
             f"shared and private features must be (n, H) matrices of the same n examples, got "
@@ -104,6 +119,10 @@ class SharedPrivateModel(HardSharingModel):
         reversal: float = 1.0,
     ) -> None:
         super().__init__(shared, heads)
+        if not isinstance(private, Mapping):
+            raise TypeError(
+                f"private must be a dict task -> encoder, got {type(private).__name__}; e.g. {{'a': mlp(384, 32)}}"
+            )
         if set(private) != set(heads):
             raise ValueError(
                 f"give one private encoder and one head per task; private has {sorted(private)}, heads has {sorted(heads)}"
@@ -111,7 +130,15 @@ class SharedPrivateModel(HardSharingModel):
         if discriminator is None:
             if shared_dim is None:
                 raise ValueError("pass shared_dim (the width of the shared features) or a discriminator module")
+            if not isinstance(shared_dim, int) or isinstance(shared_dim, bool) or shared_dim < 1:
+                raise ValueError(
+                    f"shared_dim (the width of the shared features) must be an int >= 1, got {shared_dim!r}"
+                )
             discriminator = nn.Linear(shared_dim, len(heads))
+        elif not isinstance(discriminator, nn.Module):
+            raise TypeError(
+                f"discriminator must be an nn.Module mapping (B, H_s) to (B, T), got {type(discriminator).__name__}"
+            )
         self.private = nn.ModuleDict(private)
         self.reversal = GradientReversal(reversal)
         self.discriminator = discriminator
@@ -140,6 +167,12 @@ class SharedPrivateModel(HardSharingModel):
 
     def task_ids(self, names: Sequence[str]) -> torch.Tensor:
         """(B,) long: the position of each example's task in ``self.tasks``."""
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise TypeError(
+                f"names must be a list with one task name per example, got {type(names).__name__} {names!r}"
+            )
+        for name in dict.fromkeys(names):
+            self._check_task(name)
         return torch.tensor([self.tasks.index(name) for name in names])
 
     def adversarial_loss(self) -> torch.Tensor:
@@ -147,6 +180,11 @@ class SharedPrivateModel(HardSharingModel):
         self._check_last()
         shared = self.last["shared"]
         logits = self.discriminator(self.reversal(shared))
+        if logits.dim() != 2 or logits.shape[1] != len(self.tasks):
+            raise ValueError(
+                f"the discriminator returns {tuple(logits.shape)} for {len(shared)} examples, but there are "
+                f"{len(self.tasks)} tasks; it must map (B, H_s) to (B, T) = (B, {len(self.tasks)}) task logits"
+            )
         return nn.functional.cross_entropy(logits, self.task_ids(self.last["tasks"]).to(shared.device))
 
     def orthogonality_loss(self) -> torch.Tensor:
@@ -171,6 +209,12 @@ def _batch_size(x: Any) -> int:
 def reversal_ramp(progress: float) -> float:
     """Ganin & Lempitsky's schedule of λ over training progress p ∈ [0, 1]: 2 / (1 + exp(−10 p)) − 1,
     0 at the start (the discriminator learns first) and ≈ 1 from p ≈ 0.5 on."""
+    if not isinstance(progress, numbers.Real) or isinstance(progress, bool):
+        raise TypeError(
+            f"progress must be a number (e.g. step / num_steps), got {type(progress).__name__} {progress!r}"
+        )
+    if math.isnan(progress):
+        raise ValueError("progress is nan; pass the training progress step / num_steps, a number in [0, 1]")
     p = min(max(progress, 0.0), 1.0)
     return 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
 
@@ -193,13 +237,17 @@ class AdversarialObjective:
         ramp_steps: int | None = None,
         task_weights: Mapping[str, float] | None = None,
     ) -> None:
-        if adversarial_weight < 0 or orthogonality_weight < 0 or reversal < 0:
-            raise ValueError(
-                f"the weights and the reversal scale must be >= 0, got {adversarial_weight}, "
-                f"{orthogonality_weight} and {reversal}"
-            )
-        if ramp_steps is not None and ramp_steps < 1:
-            raise ValueError(f"ramp_steps must be >= 1 or None, got {ramp_steps}")
+        _check_weight("adversarial_weight", adversarial_weight)
+        _check_weight("orthogonality_weight", orthogonality_weight)
+        _check_weight("reversal", reversal)
+        is_count = isinstance(ramp_steps, int) and not isinstance(ramp_steps, bool)
+        if ramp_steps is not None and not (is_count and ramp_steps >= 1):
+            raise ValueError(f"ramp_steps must be >= 1 or None, got {ramp_steps!r}")
+        if task_weights is not None:
+            if not isinstance(task_weights, Mapping):
+                raise TypeError(f"task_weights must be a dict {{task: λ_t}} or None, got {type(task_weights).__name__}")
+            for task, weight in task_weights.items():
+                _check_weight(f"the weight of task {task!r}", weight)
         self.adversarial_weight, self.orthogonality_weight = adversarial_weight, orthogonality_weight
         self.reversal, self.ramp_steps, self.task_weights = reversal, ramp_steps, task_weights
         self.log: dict[str, list[float]] = {"adversarial": [], "orthogonality": []}
@@ -209,6 +257,12 @@ class AdversarialObjective:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         if not isinstance(model, SharedPrivateModel):
             raise TypeError(f"AdversarialObjective needs a SharedPrivateModel, got {type(model).__name__}")
+        unknown = [task for task in self.task_weights or {} if task not in model.tasks]
+        if unknown:
+            raise ValueError(
+                f"task_weights name unknown task(s) {', '.join(map(repr, unknown))}; "
+                f"tasks are: {', '.join(model.tasks)}"
+            )
         ramp = reversal_ramp(step / self.ramp_steps) if self.ramp_steps else 1.0
         model.reversal.scale = self.reversal * ramp
         weights = {task: (self.task_weights or {}).get(task, 1.0) for task in losses}
@@ -225,12 +279,26 @@ def discriminator_accuracy(model: SharedPrivateModel, inputs: Mapping[str, Any])
     inputs: task -> that task's inputs (N_t, ...). Chance is the largest task's share of the examples
     (1/T for equal sizes); at chance the shared features hide the task from D.
     """
+    if not isinstance(model, SharedPrivateModel):
+        raise TypeError(f"discriminator_accuracy needs a SharedPrivateModel, got {type(model).__name__}")
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"inputs must be a dict task -> inputs (N_t, ...), got {type(inputs).__name__}")
+    if not inputs:
+        raise ValueError("inputs is empty; pass {task: inputs (N_t, ...)} for at least one task")
+    for task, x in inputs.items():
+        model._check_task(task)
+        if isinstance(x, tuple):
+            raise TypeError(
+                f"inputs[{task!r}] is a tuple; pass the inputs only, not (inputs, targets): "
+                f"{{t: x for t, (x, _) in data.items()}}"
+            )
+        if len(x) == 0:
+            raise ValueError(f"inputs[{task!r}] has no examples; give every task at least one")
     was_training = model.training
     model.eval()
     correct = total = 0
     with torch.no_grad():
         for task, x in inputs.items():
-            model._check_task(task)
             predicted = model.discriminator(model.trunk(x)).argmax(dim=1)
             correct += int((predicted == model.tasks.index(task)).sum())
             total += len(predicted)

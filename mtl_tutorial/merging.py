@@ -26,7 +26,9 @@ a ``MultiTaskLoRAModel`` and building the merged model.
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+import math
+import numbers
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -41,6 +43,17 @@ def _check_task_vectors(task_vectors: Sequence[TaskVector], weights: Sequence[fl
     """The same layer names and shapes in every task vector; weights default to 1 per task."""
     if isinstance(task_vectors, Mapping) or not task_vectors:
         raise ValueError("task_vectors must be a non-empty list of {layer: ΔW} dicts, one per task")
+    for t, vector in enumerate(task_vectors):
+        if not isinstance(vector, Mapping):
+            raise TypeError(
+                f"task vector {t} must be a dict {{layer: ΔW tensor}}, got {type(vector).__name__}; "
+                f"e.g. lora_task_vector(model, task)"
+            )
+        if not vector:
+            raise ValueError(f"task vector {t} is empty; it needs the ΔW of every LoRA layer (lora_task_vector)")
+        for name, delta in vector.items():
+            if not isinstance(delta, torch.Tensor):
+                raise TypeError(f"{name}: ΔW of task {t} must be a tensor, got {type(delta).__name__}")
     names = list(task_vectors[0])
     for t, vector in enumerate(task_vectors):
         if list(vector) != names:
@@ -54,10 +67,24 @@ def _check_task_vectors(task_vectors: Sequence[TaskVector], weights: Sequence[fl
                                  f"{tuple(task_vectors[0][name].shape)}")
     if weights is None:
         return [1.0] * len(task_vectors)
+    if isinstance(weights, (Mapping, str)) or not hasattr(weights, "__len__"):
+        raise TypeError(
+            f"weights must be a list with one λ_t per task vector, in their order, got {type(weights).__name__}; "
+            f"e.g. [0.5] * {len(task_vectors)}"
+        )
+    if any(isinstance(w, bool) or not isinstance(w, (numbers.Real, torch.Tensor)) for w in weights):
+        raise TypeError(f"weights must be numbers, got {list(weights)!r}")
     weights = [float(w) for w in weights]
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"weights must be finite numbers, got {weights}")
     if len(weights) != len(task_vectors):
         raise ValueError(f"got {len(weights)} weights for {len(task_vectors)} task vectors; pass one λ_t per task")
     return weights
+
+
+def _check_density(density: Any) -> None:
+    if isinstance(density, bool) or not isinstance(density, numbers.Real) or not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], the fraction of each ΔW kept, got {density!r}")
 
 
 def task_arithmetic(task_vectors: Sequence[TaskVector], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
@@ -68,6 +95,9 @@ def task_arithmetic(task_vectors: Sequence[TaskVector], weights: Sequence[float]
 
 def trim_to_density(delta: torch.Tensor, density: float) -> torch.Tensor:
     """Keep the k = ⌊density · numel⌋ entries of largest |value|, zero the others (TIES step 1)."""
+    if not isinstance(delta, torch.Tensor):
+        raise TypeError(f"delta must be a tensor, got {type(delta).__name__}")
+    _check_density(density)
     keep = int(density * delta.numel())
     flat = delta.reshape(-1)
     mask = torch.zeros_like(flat)
@@ -84,8 +114,7 @@ def ties_merge(
     """TIES-merging per layer (Yadav et al. 2023): trim to ``density``, elect the sign, average the
     agreeing entries; weights λ_t scale the trimmed task vectors before the average (as in peft)."""
     weights = _check_task_vectors(task_vectors, weights)
-    if not 0 < density <= 1:
-        raise ValueError(f"density must be in (0, 1], the fraction of each ΔW kept, got {density!r}")
+    _check_density(density)
     if sign_method not in ("total", "frequency"):
         raise ValueError(f"sign_method must be 'total' (sign of the sum) or 'frequency' (majority of signs), got {sign_method!r}")
     merged = {}
@@ -100,9 +129,17 @@ def ties_merge(
     return merged
 
 
+def _check_model(model: Any) -> None:
+    if not isinstance(model, MultiTaskLoRAModel):
+        raise TypeError(
+            f"model must be a MultiTaskLoRAModel (per-task LoRA pairs to merge), got {type(model).__name__}"
+        )
+
+
 def lora_task_vector(model: MultiTaskLoRAModel, task: str) -> dict[str, torch.Tensor]:
     """ΔW_t = (α/r) B_t A_t (out, in) of every LoRA layer of ``model`` for task ``task``, keyed by the
     layer's name inside ``model.trunk``."""
+    _check_model(model)
     model._check_task(task)
     with torch.no_grad():
         return {name: layer.scaling * layer.B[task] @ layer.A[task] for name, layer in lora_layers(model.trunk).items()}
@@ -112,11 +149,24 @@ def merged_lora_model(model: MultiTaskLoRAModel, merged_deltas: Mapping[str, tor
     """A new ``HardSharingModel``: ``model``'s trunk with every multi-task LoRA layer replaced by its
     frozen base, W = W0 + merged ΔW, and copies of all of ``model``'s heads. One set of weights, one
     pass per batch whatever the tasks in it; ``model`` is left unchanged."""
+    _check_model(model)
+    if not isinstance(merged_deltas, Mapping):
+        raise TypeError(
+            f"merged_deltas must be one dict {{layer: ΔW}}, got {type(merged_deltas).__name__}; merge the task "
+            f"vectors first, e.g. task_arithmetic(vectors) or ties_merge(vectors)"
+        )
     layers = lora_layers(model.trunk)
     if set(merged_deltas) != set(layers):
         missing, extra = sorted(set(layers) - set(merged_deltas)), sorted(set(merged_deltas) - set(layers))
         raise ValueError(f"merged deltas do not fit this model's LoRA layers: missing {missing[:3]}, unexpected "
                          f"{extra[:3]}; merge the task vectors of this model (lora_task_vector)")
+    for name, layer in layers.items():
+        delta, shape = merged_deltas[name], tuple(layer.base.weight.shape)
+        if not isinstance(delta, torch.Tensor) or tuple(delta.shape) != shape:
+            got = tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__
+            raise ValueError(f"{name}: the merged ΔW must be a tensor of the layer's weight shape {shape}, got {got}")
+        if not torch.isfinite(delta).all():
+            raise ValueError(f"{name}: the merged ΔW has nan or inf entries; check the weights and task vectors merged")
     trunk = copy.deepcopy(model.trunk)
     with torch.no_grad():
         for name, layer in lora_layers(trunk).items():

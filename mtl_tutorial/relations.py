@@ -25,14 +25,15 @@ lookahead of size ``lr``; the model's parameters are never changed (the lookahea
 ``torch.func.functional_call`` with the stepped parameters).
 
 Whether a predicted partner really helps is then a paired comparison over seeds
-(``mtl_tutorial.evidence``). Layout: the one-batch affinity, the tracker for ``train``, reading the
-matrices back from a ``History``.
+(``mtl_tutorial.evidence``). Layout: the argument checks, the one-batch affinity, the tracker for
+``train``, reading the matrices back from a ``History``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+import numbers
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,16 +41,72 @@ from torch import nn
 from torch.func import functional_call
 
 from mtl_tutorial.aggregation import gradient_cosines
-from mtl_tutorial.data.multitask import check_task_data
+from mtl_tutorial.data.multitask import check_batch_size, check_task_data
 from mtl_tutorial.models import select_examples
+from mtl_tutorial.objectives import check_scalar_losses
 from mtl_tutorial.training import History
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _check_lr(lr: Any) -> None:
+    if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
+        raise TypeError(f"lr (the lookahead step η) must be a number, got {type(lr).__name__} {lr!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr (the lookahead step η) must be > 0, got {lr!r}")
+
+
+def _check_pairs(what: str, pairs: Any) -> dict[str, int]:
+    """task -> N_t of a dict {task: (inputs, targets)} of at least 2 tasks (a list [inputs, targets] is a pair too)."""
+    if not isinstance(pairs, Mapping):
+        raise TypeError(f"{what} must be a dict task -> (inputs, targets), got {type(pairs).__name__}")
+    if len(pairs) < 2:
+        raise ValueError(f"affinity relates at least 2 tasks, got {len(pairs)}: {', '.join(map(str, pairs))}")
+    sizes = {}
+    for task, pair in pairs.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(
+                f"{what}[{task!r}] must be an (inputs, targets) pair, got {type(pair).__name__}; "
+                f"e.g. {{{task!r}: (x, y)}}"
+            )
+        sizes[task] = check_task_data(task, tuple(pair))
+    return sizes
+
+
+def _check_loss_fns(loss_fns: Any, tasks: Sequence[str]) -> None:
+    if not isinstance(loss_fns, Mapping):
+        raise TypeError(
+            f"loss_fns must be a dict task -> loss function, got {type(loss_fns).__name__}; "
+            f"e.g. dict.fromkeys(tasks, nn.functional.cross_entropy)"
+        )
+    missing = [t for t in tasks if t not in loss_fns]
+    if missing:
+        raise ValueError(f"no loss function for task(s) {', '.join(missing)}; loss_fns has: {', '.join(loss_fns)}")
+    for task in tasks:
+        if not callable(loss_fns[task]):
+            raise TypeError(
+                f"the loss of task {task!r} must be a function (outputs, targets) -> loss, got {loss_fns[task]!r}"
+            )
+
+
+def _check_shared(shared: Any) -> list[str]:
+    """The name prefixes of the shared parameters: one string or a non-empty list of them, none empty."""
+    prefixes = list(shared) if isinstance(shared, Iterable) and not isinstance(shared, str) else [shared]
+    if not all(isinstance(prefix, str) for prefix in prefixes):
+        raise TypeError(f"shared must be a parameter-name prefix or a list of them, got {shared!r}; e.g. 'trunk.'")
+    if not prefixes or "" in prefixes:
+        raise ValueError(
+            f"shared must name the shared parameters by non-empty prefixes, got {shared!r}; an empty prefix would "
+            f"count every parameter, heads included, as shared. E.g. 'trunk.' or ['trunk.0.', 'trunk.2.']"
+        )
+    return prefixes
+
+
 def shared_parameter_names(model: nn.Module, shared: str | Sequence[str] = ("trunk.",)) -> list[str]:
     """Names of the trainable parameters whose name starts with one of ``shared`` (default: the trunk's)."""
-    prefixes = [shared] if isinstance(shared, str) else list(shared)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    prefixes = _check_shared(shared)
     names = [n for n, p in model.named_parameters() if p.requires_grad and any(n.startswith(s) for s in prefixes)]
     if not names:
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -74,18 +131,23 @@ def lookahead_affinity(
     SGD lookahead. Z[i, j] = 1 − L_j(θ_s − η ∇L_i) / L_j(θ_s), rows and columns in the order of
     ``batches``. The model is left unchanged. Gradients are computed even under ``torch.no_grad``.
     """
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr (the lookahead step η) must be > 0, got {lr!r}")
+    _check_lr(lr)
+    _check_pairs("batches", batches)
     tasks = list(batches)
-    if len(tasks) < 2:
-        raise ValueError(f"affinity relates at least 2 tasks, got {len(tasks)}: {', '.join(tasks)}")
-    missing = [t for t in tasks if t not in loss_fns]
-    if missing:
-        raise ValueError(f"no loss function for task(s) {', '.join(missing)}; loss_fns has: {', '.join(loss_fns)}")
+    _check_loss_fns(loss_fns, tasks)
     names = shared_parameter_names(model, shared)
     params = dict(model.named_parameters())
     with torch.enable_grad():
         losses = {t: loss_fns[t](model(x, t), y) for t, (x, y) in batches.items()}
+        check_scalar_losses(losses)
+        for t, loss in losses.items():
+            value = float(loss.detach())
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(
+                    f"the loss of task {t!r} is {value} on this batch, so Z_(i→{t}) = 1 − L_after / L_before "
+                    f"is undefined; the lookahead affinity needs finite losses > 0 (a task whose loss is already 0 "
+                    f"has no progress to measure)"
+                )
         grads = {}
         for t in tasks:
             found = torch.autograd.grad(losses[t], [params[n] for n in names], allow_unused=True)
@@ -125,12 +187,18 @@ class TaskAffinity:
         self, data: Mapping[str, tuple[Any, torch.Tensor]], loss_fns: Mapping[str, LossFunction], lr: float,
         batch_size: int = 64, shared: str | Sequence[str] = ("trunk.",), seed: int = 0,
     ) -> None:
-        self.sizes = {task: check_task_data(task, pair) for task, pair in data.items()}
+        self.sizes = _check_pairs("data", data)
+        _check_loss_fns(loss_fns, list(data))
+        _check_lr(lr)
+        check_batch_size(batch_size)
+        _check_shared(shared)
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
         self.data, self.loss_fns, self.lr, self.batch_size, self.shared = data, loss_fns, lr, batch_size, shared
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(int(seed))
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
-        device = next(model.parameters()).device
+        device = model.get_parameter(shared_parameter_names(model, self.shared)[0]).device
         batches = {}
         for task, (inputs, targets) in self.data.items():
             positions = torch.randperm(self.sizes[task], generator=self.generator)[: self.batch_size]
@@ -146,6 +214,19 @@ class TaskAffinity:
 
 def affinity_matrix(history: History, tasks: Sequence[str], kind: str = "affinity", start: int = 0) -> np.ndarray:
     """The mean over evaluations (from eval step ``start`` on) of Z_{i→j} (or the cosines): (T, T)."""
+    if not isinstance(history, History):
+        raise TypeError(f"history must be the History that train() returns, got {type(history).__name__}")
+    if isinstance(tasks, str) or not isinstance(tasks, Iterable):
+        raise TypeError(f"tasks must be a list of task names, got {type(tasks).__name__} {tasks!r}; e.g. ['a', 'b']")
+    tasks = list(tasks)
+    if not tasks or len(set(tasks)) != len(tasks):
+        raise ValueError(f"tasks must be a non-empty list of distinct task names, got {list(tasks)}")
+    if not isinstance(start, int) or isinstance(start, bool):
+        raise TypeError(f"start must be an int (an eval step), got {type(start).__name__} {start!r}")
+    if not any(step >= start for step in history.eval_steps):
+        where = (f"its last evaluation is at step {history.eval_steps[-1]}; lower start" if history.eval_steps
+                 else "it has none; train with eval_fn=TaskAffinity(...)")
+        raise ValueError(f"the history has no evaluation at step >= start = {start}: {where}")
     matrix = np.zeros((len(tasks), len(tasks)))
     for i, source in enumerate(tasks):
         for j, target in enumerate(tasks):

@@ -128,3 +128,71 @@ def test_reversal_ramp_follows_ganins_schedule():
     assert 0.98 < reversal_ramp(0.5) < 1.0
     with pytest.raises(ValueError, match="ramp_steps must be >= 1"):
         AdversarialObjective(ramp_steps=0)
+
+
+def test_objective_refuses_task_weights_for_unknown_tasks():
+    model = make_model()
+    routed = model(torch.randn(4, 5), ["a", "b", "a", "b"])
+    losses = {task: out.outputs.pow(2).mean() for task, out in routed.items()}
+    with pytest.raises(ValueError, match="task_weights name unknown task\\(s\\) 'aa'; tasks are: a, b"):
+        AdversarialObjective(task_weights={"aa": 2.0})(losses, model=model, step=1)  # was weight 1 for 'a', silently
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: reverse_gradient(torch.ones(2), float("inf")),
+         ValueError, "the reversal scale λ must be >= 0 and finite, got inf"),
+        (lambda: reverse_gradient(torch.ones(2), float("nan")),
+         ValueError, "the reversal scale λ must be >= 0 and finite, got nan"),
+        (lambda: reverse_gradient(torch.ones(2), "1"),
+         TypeError, "the reversal scale λ must be a number >= 0, got str"),
+        (lambda: reverse_gradient([1.0, 2.0]), TypeError, "features must be a tensor, got list"),
+        (lambda: GradientReversal(-1.0), ValueError, "the reversal scale λ must be >= 0"),
+        (lambda: orthogonality_penalty([[1.0]], [[1.0]]),
+         TypeError, "shared and private features must be tensors, got list and list"),
+        (lambda: make_model(reversal=-1.0), ValueError, "the reversal scale λ must be >= 0"),
+        (lambda: SharedPrivateModel(nn.Linear(5, 3), {"a": nn.Linear(5, 2)}, {"a": nn.Linear(5, 4)}, shared_dim=0), ValueError,
+         r"shared_dim \(the width of the shared features\) must be an int >= 1, got 0"),
+        (lambda: SharedPrivateModel(nn.Linear(5, 3), {"a": nn.Linear(5, 2)}, {"a": nn.Linear(5, 4)}, shared_dim=True), ValueError,
+         "must be an int >= 1, got True"),
+        (lambda: SharedPrivateModel(nn.Linear(5, 3), [nn.Linear(5, 2)], {"a": nn.Linear(5, 4)}, shared_dim=3), TypeError,
+         "private must be a dict task -> encoder, got list"),
+        (lambda: SharedPrivateModel(nn.Linear(5, 3), {"a": nn.Linear(5, 2)}, {"a": nn.Linear(5, 4)}, discriminator="linear"), TypeError,
+         "discriminator must be an nn.Module"),
+        (lambda: make_model().task_ids(["a", "c"]), ValueError, "unknown task 'c'; tasks are: a, b"),
+        (lambda: make_model().task_ids("ab"),
+         TypeError, "names must be a list with one task name per example, got str 'ab'"),
+        (lambda: reversal_ramp(float("nan")), ValueError, "progress is nan"),
+        (lambda: reversal_ramp("0.5"), TypeError, "progress must be a number"),
+        (lambda: AdversarialObjective(adversarial_weight=float("nan")),
+         ValueError, "adversarial_weight must be >= 0 and finite, got nan"),
+        (lambda: AdversarialObjective(orthogonality_weight=-0.1), ValueError, "orthogonality_weight must be >= 0"),
+        (lambda: AdversarialObjective(reversal=True), TypeError, "reversal must be a number >= 0, got bool"),
+        (lambda: AdversarialObjective(ramp_steps=2.5), ValueError, "ramp_steps must be >= 1 or None, got 2.5"),
+        (lambda: AdversarialObjective(task_weights={"a": float("nan")}),
+         ValueError, "the weight of task 'a' must be >= 0 and finite"),
+        (lambda: AdversarialObjective(task_weights=[1.0, 2.0]), TypeError, "task_weights must be a dict"),
+        (lambda: discriminator_accuracy(make_model(), {}), ValueError, "inputs is empty"),
+        (lambda: discriminator_accuracy(make_model(), torch.randn(3, 5)),
+         TypeError, "inputs must be a dict task -> inputs"),
+        (lambda: discriminator_accuracy(make_model(), {"a": (torch.randn(3, 5), torch.zeros(3))}), TypeError,
+         "inputs\\['a'\\] is a tuple; pass the inputs only, not \\(inputs, targets\\)"),
+        (lambda: discriminator_accuracy(make_model(), {"a": torch.randn(0, 5)}),
+         ValueError, "inputs\\['a'\\] has no examples"),
+        (lambda: discriminator_accuracy(make_model(), {"c": torch.randn(3, 5)}), ValueError, "unknown task 'c'"),
+        (lambda: discriminator_accuracy(nn.Linear(5, 2), {"a": torch.randn(3, 5)}),
+         TypeError, "needs a SharedPrivateModel, got Linear"),
+    ],
+)
+def test_adversarial_parts_refuse_what_they_cannot_serve(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_a_discriminator_with_the_wrong_number_of_logits_is_named():
+    model = make_model()
+    model.discriminator = nn.Linear(3, 1)
+    model(torch.randn(4, 5), ["a", "b", "a", "b"])
+    with pytest.raises(ValueError, match=r"the discriminator returns \(4, 1\) for 4 examples, but there are 2 tasks"):
+        model.adversarial_loss()

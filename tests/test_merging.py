@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -178,3 +179,49 @@ def test_single_task_lora_model_serves_one_task_with_merged_weights():
     assert alone.tasks == ("topic",)
     with torch.no_grad():
         torch.testing.assert_close(alone(x, "topic"), model(x, "topic"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: task_arithmetic([vector(1), vector(2)], 0.5),
+         TypeError, r"weights must be a list with one λ_t per task vector, .*got float; e.g. \[0.5\] \* 2"),
+        (lambda: task_arithmetic([vector(1), vector(2)], {"a": 1.0, "b": 1.0}),
+         TypeError, "weights must be a list .* got dict"),
+        (lambda: task_arithmetic([vector(1), vector(2)], [float("nan"), 1.0]),
+         ValueError, r"weights must be finite numbers, got \[nan, 1.0\]"),
+        (lambda: task_arithmetic([vector(1), vector(2)], [True, 1.0]), TypeError, "weights must be numbers"),
+        (lambda: task_arithmetic([torch.ones(2), torch.ones(2)]),
+         TypeError, r"task vector 0 must be a dict \{layer: ΔW tensor\}, got Tensor"),
+        (lambda: task_arithmetic([{}, {}]), ValueError, "task vector 0 is empty"),
+        (lambda: task_arithmetic([{"w": [1.0]}, {"w": [2.0]}]),
+         TypeError, "w: ΔW of task 0 must be a tensor, got list"),
+        (lambda: trim_to_density(torch.ones(4), 1.5), ValueError, r"density must be in \(0, 1\], .* got 1.5"),
+        (lambda: trim_to_density(torch.ones(4), float("nan")), ValueError, r"density must be in \(0, 1\], .* got nan"),
+        (lambda: trim_to_density(torch.ones(4), -0.5), ValueError, r"density must be in \(0, 1\]"),
+        (lambda: trim_to_density([1.0, 2.0], 0.5), TypeError, "delta must be a tensor, got list"),
+        (lambda: ties_merge([vector(1)], density="0.5"), ValueError, r"density must be in \(0, 1\], .* got '0.5'"),
+        (lambda: ties_merge([vector(1)], density=True), ValueError, r"density must be in \(0, 1\], .* got True"),
+        (lambda: ties_merge([vector(1), vector(2)], weights=[1.0, float("inf")]),
+         ValueError, "weights must be finite numbers"),
+        (lambda: lora_task_vector(nn.Linear(2, 2), "pos"),
+         TypeError, "model must be a MultiTaskLoRAModel .* got Linear"),
+        (lambda: single_task_lora_model(nn.Linear(2, 2), "pos"), TypeError, "model must be a MultiTaskLoRAModel"),
+        (lambda: merged_lora_model(trained_toy(), [lora_task_vector(trained_toy(), "pos")]), TypeError,
+         r"merged_deltas must be one dict \{layer: ΔW\}, got list; merge the task vectors first"),
+        (lambda: merged_lora_model(trained_toy(), {"query": torch.zeros(6, 5), "value": torch.zeros(5, 5)}), ValueError,
+         r"query: the merged ΔW must be a tensor of the layer's weight shape \(5, 6\), got \(6, 5\)"),
+        (lambda: merged_lora_model(trained_toy(), {"query": torch.full((5, 6), float("nan")), "value": torch.zeros(5, 5)}), ValueError,
+         "query: the merged ΔW has nan or inf entries"),
+    ],
+)
+def test_merging_refuses_what_it_cannot_serve(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_weights_may_be_a_tensor_or_numpy_numbers():
+    vectors = [vector(1, -2), vector(3, 4)]
+    expected = task_arithmetic(vectors, [0.5, 1.0])["w"]
+    torch.testing.assert_close(task_arithmetic(vectors, torch.tensor([0.5, 1.0]))["w"], expected)
+    torch.testing.assert_close(task_arithmetic(vectors, (np.float64(0.5), 1))["w"], expected)

@@ -3,6 +3,7 @@
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +14,7 @@ from mtl_tutorial.data import (
     multitask_loader,
     task_probabilities,
 )
+from mtl_tutorial.data.multitask import TaskStreams
 
 SIZES = {"big": 230, "mid": 70, "small": 11}
 
@@ -231,3 +233,87 @@ def test_without_replacement_the_default_is_unchanged():
     default = list(MultiTaskBatchSampler(dataset, 8, "temperature", 2.0, seed=3))
     explicit = list(MultiTaskBatchSampler(dataset, 8, "temperature", 2.0, seed=3, replacement=False))
     assert default == explicit and sorted(i for batch in default for i in batch) == list(range(len(dataset)))
+
+
+# Inputs the dataset and the samplers cannot serve: a clear error where they enter.
+
+
+@pytest.mark.parametrize(
+    "tasks, error, message",
+    [
+        ([("a", (torch.zeros(2), torch.zeros(2)))],
+         TypeError, "tasks must be a dict \\{'task name': \\(inputs, targets\\)\\}, got list"),
+        ({"a": [torch.zeros(2, 1), torch.zeros(2)]},
+         TypeError, "first item is a Tensor; .*pass the tuple \\(inputs, targets\\), not a list"),
+        ({"a": torch.zeros(6, 2)}, TypeError, "the items of task 'a' must be \\(input, target\\) pairs"),
+        ({"a": (torch.zeros(6, 2), torch.zeros(6), torch.zeros(6))},
+         ValueError, "task 'a' must be an \\(inputs, targets\\) pair, got a tuple of 3"),
+        ({"a": (5, torch.zeros(5))},
+         TypeError, "the inputs of task 'a' must be a tensor or a list with one entry per example, got int"),
+        ({"a": ({"input_ids": torch.zeros(2, 3)}, torch.zeros(2))}, TypeError, "the inputs of task 'a' .* got dict"),
+        ({"a": 7},
+         TypeError, "task 'a' must be an \\(inputs, targets\\) tuple or a Dataset of \\(input, target\\) pairs, got int"),
+    ],
+)
+def test_dataset_refuses_data_it_cannot_split_into_examples(tasks, error, message):
+    with pytest.raises(error, match=message):
+        MultiTaskDataset(tasks)
+
+
+def test_dataset_takes_a_dataset_of_pairs_and_int_like_indices():
+    dataset = MultiTaskDataset({"a": [(torch.zeros(1), 0), (torch.ones(1), 1)]})
+    assert dataset[1].target == 1 and dataset[np.int64(0)].target == 0
+    with pytest.raises(TypeError, match="index must be an int, got float 2.5"):
+        make_dataset()[2.5]
+    with pytest.raises(TypeError, match="index must be an int, got bool"):
+        make_dataset()[True]
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: task_probabilities({}), ValueError, "sizes is empty"),
+        (lambda: task_probabilities([100, 400]), TypeError, "sizes must be a dict task -> N_t, got list"),
+        (lambda: task_probabilities({"a": 0, "b": 10}, "uniform"),
+         ValueError, "task sizes N_t must be ints >= 1 .* got \\{'a': 0\\}"),
+        (lambda: task_probabilities({"a": -1, "b": 10}), ValueError, "task sizes N_t must be ints >= 1"),
+        (lambda: task_probabilities({"a": True, "b": 10}), ValueError, "task sizes N_t must be ints >= 1"),
+        (lambda: task_probabilities({"a": 1, "b": 2}, "temperature", "2"),
+         TypeError, "temperature must be a number > 0 .* got str"),
+        (lambda: task_probabilities({"a": 1, "b": 2}, "temperature", True),
+         TypeError, "temperature must be a number > 0 .* got bool"),
+        (lambda: task_probabilities({"a": 1, "b": 2}, {"a": True, "b": 1.0}),
+         ValueError, "mix weights must be finite numbers >= 0"),
+        (lambda: task_probabilities({"a": 1, "b": 2}, {"a": float("nan"), "b": 1.0}),
+         ValueError, "mix weights must be finite numbers >= 0"),
+        (lambda: MultiTaskBatchSampler({"a": (torch.zeros(5), torch.zeros(5))}, 2),
+         TypeError, "dataset must be a MultiTaskDataset, got dict; wrap"),
+        (lambda: MultiTaskBatchSampler(make_dataset(), True),
+         ValueError, "batch_size must be a positive int, got True"),
+        (lambda: MultiTaskBatchSampler(make_dataset(), 2, seed=-1), ValueError, "seed must be an int >= 0, got -1"),
+        (lambda: MultiTaskBatchSampler(make_dataset(), 2, seed=0.5), ValueError, "seed must be an int >= 0, got 0.5"),
+        (lambda: MultiTaskBatchSampler(make_dataset(), 2, mixed="no"),
+         TypeError, "mixed must be True or False, got str 'no'"),
+        (lambda: multitask_loader(make_dataset(), 2, replacement=1, num_batches=3),
+         TypeError, "replacement must be True or False, got int"),
+        (lambda: multitask_loader(make_dataset(), 2, replacement=True, num_batches=True),
+         ValueError, "num_batches .* must be a positive int, got True"),
+        (lambda: TaskStreams(make_dataset(), 0), TypeError, "rng must be a numpy Generator, got int"),
+        (lambda: TaskStreams(make_dataset(), np.random.default_rng(0)).take(3, 2),
+         ValueError, "task is a position 0..2 in big, mid, small, got 3"),
+        (lambda: TaskStreams(make_dataset(), np.random.default_rng(0)).take(0, -1),
+         ValueError, "count must be >= 0, got -1"),
+        (lambda: collate_multitask([]), ValueError, "items is empty"),
+        (lambda: collate_multitask([(torch.zeros(1), 0)]),
+         TypeError, "collates the MultiTaskItems of a MultiTaskDataset, got a tuple"),
+    ],
+)
+def test_probabilities_samplers_and_collation_refuse_what_they_cannot_serve(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_numpy_sizes_and_weights_are_numbers_too():
+    assert task_probabilities({"a": np.int64(100), "b": 400}) == pytest.approx({"a": 0.2, "b": 0.8})
+    mix = task_probabilities({"a": 1, "b": 2}, {"a": np.float32(1.0), "b": 3.0})
+    assert mix == {"a": 0.25, "b": 0.75} and all(type(p) is float for p in mix.values())

@@ -14,7 +14,7 @@ from mtl_tutorial.relations import (
     affinity_metric_name,
     lookahead_affinity,
 )
-from mtl_tutorial.training import train
+from mtl_tutorial.training import History, train
 
 MSE = nn.functional.mse_loss
 
@@ -93,3 +93,85 @@ def test_task_affinity_records_in_history_through_train_and_averages():
     assert affinity_matrix(history, ["a", "b"], kind="cosine")[0, 1] < 0 < matrix[0, 0]  # opposite targets
     with pytest.raises(ValueError, match="train with eval_fn=TaskAffinity"):
         affinity_matrix(history, ["a", "c"])
+
+
+def test_task_affinity_takes_list_pairs_as_pairs_and_draws_from_every_example():
+    model, batches = linear_tasks({"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0]})
+    tracker = TaskAffinity({t: list(pair) for t, pair in batches.items()}, {"a": MSE, "b": MSE}, lr=0.1, batch_size=8)
+    assert tracker.sizes == {"a": 64, "b": 64}  # a list [x, y] was read as a dataset of 2 examples
+    assert len(tracker(model)) == 8
+
+
+def zero_loss_batches():
+    model, batches = linear_tasks({"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0]})
+    return model, {t: (x, torch.zeros(len(x))) for t, (x, _) in batches.items()}  # the zero trunk fits y = 0 exactly
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda m, b: lookahead_affinity(m, b, {"a": MSE, "b": MSE}, lr="0.1"),
+         TypeError, r"lr \(the lookahead step η\) must be a number, got str"),
+        (lambda m, b: lookahead_affinity(m, b, {"a": MSE, "b": MSE}, lr=True), TypeError, "must be a number, got bool"),
+        (lambda m, b: lookahead_affinity(m, b, {"a": MSE, "b": MSE}, lr=float("inf")),
+         ValueError, "must be > 0, got inf"),
+        (lambda m, b: lookahead_affinity(m, b, MSE, lr=0.1),
+         TypeError, r"loss_fns must be a dict task -> loss function, got function; e.g. dict.fromkeys"),
+        (lambda m, b: lookahead_affinity(m, b, {"a": MSE, "b": "mse"}, lr=0.1),
+         TypeError, "the loss of task 'b' must be a function"),
+        (lambda m, b: lookahead_affinity(m, list(b.values()), {"a": MSE, "b": MSE}, lr=0.1),
+         TypeError, "batches must be a dict task -> \\(inputs, targets\\), got list"),
+        (lambda m, b: lookahead_affinity(m, {t: x for t, (x, _) in b.items()}, {"a": MSE, "b": MSE}, lr=0.1), TypeError,
+         r"batches\['a'\] must be an \(inputs, targets\) pair, got Tensor"),
+        (lambda m, b: lookahead_affinity(m, {t: (x[:0], y[:0]) for t, (x, y) in b.items()}, {"a": MSE, "b": MSE}, lr=0.1), ValueError,
+         "task 'a' has no examples"),
+        (lambda m, b: lookahead_affinity(m, b, {"a": lambda o, y: (o - y) ** 2, "b": MSE}, lr=0.1), ValueError,
+         "loss of task 'a' must be a 0-dim tensor, got \\(64,\\); reduce it first"),
+        (lambda m, b: lookahead_affinity(*zero_loss_batches(), {"a": MSE, "b": MSE}, lr=0.1), ValueError,
+         r"the loss of task 'a' is 0.0 on this batch, so Z_\(i→a\) = 1 − L_after / L_before is undefined"),
+        (lambda m, b: lookahead_affinity(m, b, {"a": MSE, "b": MSE}, lr=0.1, shared=""), ValueError,
+         "an empty prefix would count every parameter, heads included, as shared"),
+        (lambda m, b: lookahead_affinity(m, b, {"a": MSE, "b": MSE}, lr=0.1, shared=[]),
+         ValueError, "non-empty prefixes, got \\[\\]"),
+        (lambda m, b: lookahead_affinity(m, b, {"a": MSE, "b": MSE}, lr=0.1, shared=[0]),
+         TypeError, "shared must be a parameter-name prefix"),
+        (lambda m, b: TaskAffinity(b, {"a": MSE, "b": MSE}, lr=0.1, batch_size=0),
+         ValueError, "batch_size must be a positive int, got 0"),
+        (lambda m, b: TaskAffinity(b, {"a": MSE, "b": MSE}, lr=0.1, batch_size=True),
+         ValueError, "batch_size must be a positive int, got True"),
+        (lambda m, b: TaskAffinity(b, {"a": MSE, "b": MSE}, lr=-1.0),
+         ValueError, r"lr \(the lookahead step η\) must be > 0, got -1.0"),
+        (lambda m, b: TaskAffinity(b, {"a": MSE}, lr=0.1),
+         ValueError, "no loss function for task\\(s\\) b; loss_fns has: a"),
+        (lambda m, b: TaskAffinity({"a": b["a"]}, {"a": MSE}, lr=0.1),
+         ValueError, "affinity relates at least 2 tasks, got 1: a"),
+        (lambda m, b: TaskAffinity(b, {"a": MSE, "b": MSE}, lr=0.1, seed=0.5),
+         TypeError, "seed must be an int, got float"),
+        (lambda m, b: TaskAffinity(b, {"a": MSE, "b": MSE}, lr=0.1, shared="")(m), ValueError, "an empty prefix"),
+        (lambda m, b: TaskAffinity(b, {"a": MSE, "b": MSE}, lr=0.1)(nn.Identity()),
+         ValueError, "no trainable parameter starts with 'trunk.'"),
+    ],
+)
+def test_affinity_inputs_it_cannot_serve(call, error, message):
+    model, batches = linear_tasks({"a": [1.0, 0.0, 0.0], "b": [0.0, 1.0, 0.0]})
+    with pytest.raises(error, match=message):
+        call(model, batches)
+
+
+def test_affinity_matrix_inputs_it_cannot_serve():
+    history = History(("a", "b"))
+    history.record_eval(2, {affinity_metric_name(k, s, t): 0.5 for k in ("affinity", "cosine") for s in "ab" for t in "ab"})
+    with pytest.raises(ValueError, match="no evaluation at step >= start = 10: its last evaluation is at step 2; lower start"):
+        affinity_matrix(history, ["a", "b"], start=10)  # was an all-nan matrix
+    with pytest.raises(ValueError, match="it has none; train with eval_fn=TaskAffinity"):
+        affinity_matrix(History(("a", "b")), ["a", "b"])
+    with pytest.raises(TypeError, match="tasks must be a list of task names, got str 'ab'"):
+        affinity_matrix(history, "ab")
+    with pytest.raises(ValueError, match="non-empty list of distinct task names, got \\['a', 'a'\\]"):
+        affinity_matrix(history, ["a", "a"])
+    with pytest.raises(TypeError, match="history must be the History that train\\(\\) returns, got dict"):
+        affinity_matrix({}, ["a", "b"])
+    with pytest.raises(TypeError, match="start must be an int"):
+        affinity_matrix(history, ["a", "b"], start=1.5)
+    with pytest.raises(ValueError, match="kind must be 'affinity' or 'cosine'"):
+        affinity_matrix(history, ["a", "b"], kind="cosines")

@@ -9,6 +9,7 @@ from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.sharing import (
     CrossStitchNetwork,
     ExtractionLevel,
+    MixtureOfExpertsTrunk,
     MultiGateMixtureOfExperts,
     ProgressiveLayeredExtraction,
     SoftSharingPenalty,
@@ -287,3 +288,154 @@ def test_every_model_trains_a_step_through_train_with_mixed_batches(name):
     history = train(model, loader, losses, num_steps=2, weighting=weighting, progress=False)
     assert len(history.steps) == 2 and all(len(v) == 2 for v in history.losses.values())
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+# --- inputs the models cannot serve: a clear error where they enter -------------------------------
+
+
+def two_columns(**kwargs):
+    return CrossStitchNetwork({t: [layer(4, 3)] for t in "ab"}, heads(3, ["a", "b"]), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: towers_model(shared=[]), ValueError, "shared is empty, so the penalty would tie nothing"),
+        (lambda: towers_model(shared=[0]), TypeError, r"shared must be a list of parameter names \(strings\)"),
+        (lambda: SoftSharingTowers([layer(4, 3)], heads(3)),
+         TypeError, "towers must be a dict task -> module, got list"),
+        (lambda: SoftSharingTowers({}, {}), ValueError, "towers is empty"),
+        (lambda: SoftSharingPenalty(True), TypeError, r"rho \(the penalty strength ρ\) must be a number, got bool"),
+        (lambda: SoftSharingPenalty(torch.tensor(0.5)), TypeError, "must be a number, got Tensor"),
+        (lambda: SoftSharingPenalty(float("nan")), ValueError, "must be finite and >= 0, got nan"),
+        (lambda: SoftSharingPenalty(0.1, "uniform"), TypeError, "weighting must be None .* got str 'uniform'"),
+        (lambda: SoftSharingPenalty(0.1, {"a": float("nan")}), ValueError, "static task weights λ_t must be finite"),
+        (lambda: SoftSharingPenalty(0.1, {"a": True}), ValueError, "static task weights λ_t must be finite"),
+        (lambda: SoftSharingPenalty(0.1, {"a": 1.0})({"a": torch.tensor(1.0), "b": torch.tensor(2.0)}, model=towers_model()),
+         ValueError, "no static weight for task\\(s\\) 'b'; the weights are given for a"),
+    ],
+)
+def test_penalty_inputs_it_cannot_serve(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: two_columns(self_weight=float("nan")),
+         ValueError, r"self_weight \(the diagonal of α\) must be in \[0, 1\], got nan"),
+        (lambda: two_columns(self_weight=1.5), ValueError, r"must be in \[0, 1\], got 1.5"),
+        (lambda: two_columns(self_weight="0.9"), TypeError, "self_weight must be a number"),
+        (lambda: cross_stitch_init(2.0),
+         TypeError, r"num_tasks \(cross-stitch mixes at least 2 task columns\) must be an int"),
+        (lambda: cross_stitch_init(1), ValueError, "at least 2 task columns.* must be >= 2, got 1"),
+        (lambda: CrossStitchNetwork({}, {}), ValueError, "columns is empty"),
+        (lambda: CrossStitchNetwork({"a": [layer(4, 3)]}, heads(3, ["a"]), alphas=[torch.eye(1)]), ValueError,
+         "at least 2 task columns, got 1: a"),
+        (lambda: CrossStitchNetwork({t: layer(4, 3) for t in "ab"}, heads(3, ["a", "b"])), TypeError,
+         "column 'a' must be a list of modules, got a Sequential"),
+        (lambda: CrossStitchNetwork({t: [layer(4, 3), "relu"] for t in "ab"}, heads(3, ["a", "b"])), TypeError,
+         "column 'a' must hold nn.Module objects, got a str"),
+        (lambda: two_columns(alphas=[torch.full((2, 2), float("nan"))]),
+         ValueError, "α of layer 0 has nan or inf entries"),
+        (lambda: two_columns(alphas=torch.eye(2)),
+         TypeError, r"alphas must be a list of \(T, T\) tensors.*got shape \(2, 2\); .*\[alpha\]"),
+        (lambda: two_columns(alphas=0.5), TypeError, "alphas must be a list of .* got float"),
+    ],
+)
+def test_cross_stitch_inputs_it_cannot_serve(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_cross_stitch_alphas_follow_the_dtype_they_are_given_and_used_with():
+    alpha = torch.tensor([[0.9 + 1e-12, 0.1], [0.3, 0.7]], dtype=torch.float64)
+    model = two_columns(alphas=[alpha])
+    assert model.trunk.alphas[0].dtype == torch.float64 and torch.equal(model.trunk.alphas[0].detach(), alpha)  # not rounded
+    x = torch.randn(5, 4)
+    assert model(x, "a").dtype == torch.float32  # mixed in the float32 columns' dtype
+    assert two_columns(alphas=[[[1, 0], [0, 1]]]).trunk.alphas[0].dtype == torch.float32  # ints: the columns' dtype
+    torch.manual_seed(0)
+    double = CrossStitchNetwork({t: [layer(4, 3).double()] for t in "ab"}, {t: nn.Linear(3, 2).double() for t in "ab"})
+    assert double.trunk.alphas[0].dtype == torch.float64
+    x64 = x.double()
+    h = torch.stack([column(x64) for column in double.trunk.layers[0]], dim=1)
+    expected = double.heads["b"].head(0.1 * h[:, 0] + 0.9 * h[:, 1])
+    torch.testing.assert_close(double(x64, "b"), expected)
+    double(x64, "a").sum().backward()
+    assert double.trunk.alphas[0].grad.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: MultiGateMixtureOfExperts(layer(4, 3), heads(3), 4),
+         TypeError, "experts must be a list of modules, got a Sequential"),
+        (lambda: MultiGateMixtureOfExperts(nn.Linear(4, 3), heads(3), 4),
+         TypeError, "experts must be a list of modules, got a Linear"),
+        (lambda: MultiGateMixtureOfExperts([layer(4, 3)], [nn.Linear(3, 2)], 4),
+         TypeError, "heads must be a dict task -> module"),
+        (lambda: MultiGateMixtureOfExperts([layer(4, 3)], heads(3), 0),
+         ValueError, r"gate_input_dim \(the width D of the inputs\) must be >= 1, got 0"),
+        (lambda: MultiGateMixtureOfExperts([layer(1, 3)], heads(3), True),
+         TypeError, "gate_input_dim .* must be an int >= 1, got bool"),
+        (lambda: MultiGateMixtureOfExperts([layer(4, 3)], heads(3), 4.0), TypeError, "must be an int >= 1, got float"),
+        (lambda: mmoe()(torch.randn(4), "a"),
+         ValueError, r"take a batch of inputs \(B, 4\), got shape \(4,\); .*x.unsqueeze\(0\)"),
+        (lambda: mmoe().gate_weights([[0.0] * 4]), ValueError, "take inputs of width 4, got list"),
+        (lambda: MixtureOfExpertsTrunk([layer(4, 3)], "ab", 4),
+         TypeError, "tasks must be a list of task names, got str 'ab'"),
+        (lambda: MixtureOfExpertsTrunk([layer(4, 3)], ["a", "a"], 4), ValueError, "tasks must be distinct"),
+        (lambda: MixtureOfExpertsTrunk([layer(4, 3)], [], 4), ValueError, "tasks must be a non-empty list"),
+        (lambda: gate_metrics(cross_stitch(), torch.randn(2, 4)),
+         TypeError, r"gate_metrics reads the gates of .*use model.alpha_metrics\(\)"),
+    ],
+)
+def test_mmoe_inputs_it_cannot_serve(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda: extraction_levels(TASKS, 4, [3], num_task_experts=-1),
+         ValueError, "num_task_experts must be >= 0, got -1"),
+        (lambda: extraction_levels(TASKS, 4, [3], num_shared_experts=1.5),
+         TypeError, "num_shared_experts must be an int >= 0, got float"),
+        (lambda: extraction_levels(TASKS, 4, [3], 0, 0),
+         ValueError, "num_task_experts \\+ num_shared_experts must be >= 1"),
+        (lambda: extraction_levels(TASKS, 4, 16), TypeError, r"widths must be a list .* e.g. \[16\] for CGC"),
+        (lambda: extraction_levels(TASKS, 4, [0]), ValueError, "every width in widths must be >= 1, got 0"),
+        (lambda: extraction_levels("abc", 4, [3]), TypeError, "tasks must be a list of task names, got str 'abc'"),
+        (lambda: extraction_levels(["a", "a"], 4, [3]), ValueError, "tasks must be distinct"),
+        (lambda: extraction_levels(TASKS, True, [3]), TypeError, "input_dim must be an int >= 1, got bool"),
+        (lambda: extraction_levels(TASKS, 4, [3], expert="mlp"),
+         TypeError, r"expert must be a function \(fan_in, width\)"),
+        (lambda: ExtractionLevel({}, [layer(4, 3)], 4, shared_gate=False), ValueError, "task_experts is empty"),
+        (lambda: ExtractionLevel({"a": layer(4, 3)}, [], 4, shared_gate=False),
+         TypeError, "the experts of task 'a' must be a list"),
+        (lambda: ExtractionLevel({"a": [layer(4, 3)]}, [], 4, shared_gate="no"),
+         TypeError, "shared_gate must be True or False"),
+        (lambda: ProgressiveLayeredExtraction([], heads(3)), ValueError, "at least one extraction level"),
+        (lambda: ProgressiveLayeredExtraction(extraction_levels(TASKS, 4, [3])[0], heads(3)), TypeError,
+         "levels must be a list of ExtractionLevel, got ExtractionLevel"),
+        (lambda: ProgressiveLayeredExtraction(
+            [ExtractionLevel({t: [layer(4, 3)] for t in TASKS}, [], 4, True),
+             ExtractionLevel({t: [layer(3, 2)] for t in "xyz"}, [], 3, False)], heads(2)),
+         ValueError, "level 1 has experts for tasks x, y, z, level 0 for a, b, c"),
+        (lambda: ple().gate_weights(torch.randn(5, 4), level=2),
+         ValueError, r"level 2 is out of range: this PLE has 2 level\(s\), 0..1"),
+        (lambda: ple().expert_names(level=-3), ValueError, "level -3 is out of range"),
+        (lambda: ple().gate_weights(torch.randn(5, 4), level=True), TypeError, "level must be an int"),
+        (lambda: ple()(torch.randn(4), "a"), ValueError, r"take a batch of inputs \(B, 4\), got shape \(4,\)"),
+        (lambda: ple(widths=(3,)).gate_weights(torch.randn(5, 6), level=0),
+         ValueError, "take inputs of width 4, got \\(5, 6\\)"),
+        (lambda: ple(widths=(3,)).trunk.levels[0](torch.randn(5, 4), torch.randn(5, 4)),
+         ValueError, r"task_inputs must be \(B, T, D\) = \(5, 3, 4\), one row per task \(a, b, c\)"),
+    ],
+)
+def test_ple_inputs_it_cannot_serve(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

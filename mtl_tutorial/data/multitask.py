@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
+import operator
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
@@ -49,25 +51,59 @@ class MultiTaskItem(NamedTuple):
     target: Any
 
 
+def _is_pair(item: Any) -> bool:
+    return isinstance(item, (tuple, list)) and len(item) == 2
+
+
 def check_task_data(task: str, data: tuple[Any, Any] | Dataset) -> int:
     """N_t, the number of examples of one task's data: ``(inputs, targets)`` of equal length, or a
-    ``Dataset``. Raises when the lengths differ or there is no example."""
+    ``Dataset`` whose items are ``(input, target)`` pairs. Raises when the lengths differ, there is no
+    example, or the data is neither."""
     if isinstance(data, tuple):
+        if len(data) != 2:
+            raise ValueError(f"task {task!r} must be an (inputs, targets) pair, got a tuple of {len(data)} items")
+        for name, part in zip(("inputs", "targets"), data):
+            if isinstance(part, Mapping) or not hasattr(part, "__len__"):
+                raise TypeError(
+                    f"the {name} of task {task!r} must be a tensor or a list with one entry per example, got "
+                    f"{type(part).__name__}"
+                )
         inputs, targets = data
         if len(inputs) != len(targets):
             raise ValueError(
                 f"task {task!r} has {len(inputs)} inputs but {len(targets)} targets; they must match"
             )
-    size = len(targets) if isinstance(data, tuple) else len(data)
+    elif not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        raise TypeError(
+            f"task {task!r} must be an (inputs, targets) tuple or a Dataset of (input, target) pairs, got "
+            f"{type(data).__name__}"
+        )
+    elif len(data) and not _is_pair(data[0]):
+        raise TypeError(
+            f"the items of task {task!r} must be (input, target) pairs, but its first item is a "
+            f"{type(data[0]).__name__}; to give inputs and targets, pass the tuple (inputs, targets), not a list "
+            f"or a tensor"
+        )
+    size = len(data[1]) if isinstance(data, tuple) else len(data)
     if size == 0:
         raise ValueError(f"task {task!r} has no examples; give it at least one (input, target) pair")
     return size
 
 
 def check_batch_size(batch_size: int) -> None:
-    """Raise unless ``batch_size`` is a positive int."""
-    if not isinstance(batch_size, int) or batch_size < 1:
+    """Raise unless ``batch_size`` is a positive int (not a bool)."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _check_seed(seed: Any) -> None:
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
 
 
 class _PairDataset(Dataset):
@@ -91,6 +127,11 @@ class MultiTaskDataset(Dataset):
     """
 
     def __init__(self, tasks: Mapping[str, tuple[Any, Any] | Dataset]) -> None:
+        if not isinstance(tasks, Mapping):
+            raise TypeError(
+                f"tasks must be a dict {{'task name': (inputs, targets)}}, got {type(tasks).__name__}; "
+                f"e.g. MultiTaskDataset({{'sentiment': (texts, labels)}})"
+            )
         if not tasks:
             raise ValueError("tasks is empty; pass {'task name': (inputs, targets), ...}")
         self.datasets: dict[str, Dataset] = {}
@@ -108,6 +149,9 @@ class MultiTaskDataset(Dataset):
 
     def locate(self, index: int) -> tuple[str, int]:
         """Global index -> (task, index inside that task)."""
+        if isinstance(index, bool) or not hasattr(index, "__index__"):
+            raise TypeError(f"index must be an int, got {type(index).__name__} {index!r}")
+        index = operator.index(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} is out of range for a dataset of {len(self)} examples")
         position = bisect.bisect_right(self.offsets, index) - 1
@@ -132,12 +176,24 @@ def task_probabilities(
     gives uniform) is used by the ``temperature`` strategy only. A dict strategy gives a weight w_t ≥ 0 per task of ``sizes``
     (extra tasks are an error), normalised to p_t = w_t / Σ_s w_s.
     """
+    if not isinstance(sizes, Mapping):
+        raise TypeError(f"sizes must be a dict task -> N_t, got {type(sizes).__name__}; e.g. dataset.sizes")
+    if not sizes:
+        raise ValueError("sizes is empty; give the number of examples of every task, e.g. dataset.sizes")
+    bad = {task: size for task, size in sizes.items()
+           if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1}
+    if bad:
+        raise ValueError(f"task sizes N_t must be ints >= 1 (numbers of examples), got {bad}")
     if isinstance(strategy, Mapping):
         return _fixed_mix(sizes, strategy)
     if strategy not in STRATEGIES:
         raise ValueError(
             f"unknown strategy {strategy!r}; strategies are: {', '.join(STRATEGIES)}, or a dict "
             f"{{task: weight}} for a fixed mix"
+        )
+    if strategy == "temperature" and (not isinstance(temperature, numbers.Real) or isinstance(temperature, bool)):
+        raise TypeError(
+            f"temperature must be a number > 0 (math.inf for uniform), got {type(temperature).__name__} {temperature!r}"
         )
     if strategy == "temperature" and not temperature > 0:  # τ = inf is allowed: 1/τ = 0, uniform
         raise ValueError(f"temperature must be > 0 (math.inf for uniform), got {temperature!r}")
@@ -155,13 +211,14 @@ def _fixed_mix(sizes: Mapping[str, int], mix: Mapping[str, float]) -> dict[str, 
     missing = [task for task in sizes if task not in mix]
     if missing:
         raise ValueError(f"the mix has no weight for task(s) {', '.join(map(repr, missing))}; give every task a weight")
-    bad = {task: w for task, w in mix.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0)}
+    bad = {task: w for task, w in mix.items()
+           if not (isinstance(w, numbers.Real) and not isinstance(w, bool) and math.isfinite(w) and w >= 0)}
     if bad:
         raise ValueError(f"mix weights must be finite numbers >= 0, got {bad}")
     total = sum(mix[task] for task in sizes)
     if total <= 0:
         raise ValueError(f"the mix weights of tasks {', '.join(sizes)} sum to 0; give at least one a positive weight")
-    return {task: mix[task] / total for task in sizes}
+    return {task: float(mix[task]) / float(total) for task in sizes}
 
 
 class TaskStreams:
@@ -171,6 +228,11 @@ class TaskStreams:
     (A batch larger than N_t necessarily holds an example twice.)"""
 
     def __init__(self, dataset: MultiTaskDataset, rng: np.random.Generator) -> None:
+        _check_dataset(dataset)
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(
+                f"rng must be a numpy Generator, got {type(rng).__name__}; e.g. np.random.default_rng(seed)"
+            )
         self.dataset, self.rng = dataset, rng
         self.sizes = list(dataset.sizes.values())
         self.orders = [np.empty(0, dtype=np.int64) for _ in self.sizes]
@@ -178,6 +240,12 @@ class TaskStreams:
         self.passes = [0] * len(self.sizes)
 
     def take(self, task: int, count: int) -> list[int]:
+        if not 0 <= task < len(self.sizes):
+            raise ValueError(
+                f"task is a position 0..{len(self.sizes) - 1} in {', '.join(self.dataset.tasks)}, got {task!r}"
+            )
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
         taken: list[int] = []
         while len(taken) < count:
             if self.cursors[task] == len(self.orders[task]):
@@ -189,6 +257,14 @@ class TaskStreams:
             taken += self.orders[task][start:stop].tolist()
             self.cursors[task] = stop
         return taken
+
+
+def _check_dataset(dataset: Any) -> None:
+    if not isinstance(dataset, MultiTaskDataset):
+        raise TypeError(
+            f"dataset must be a MultiTaskDataset, got {type(dataset).__name__}; wrap the tasks first: "
+            f"MultiTaskDataset({{'task name': (inputs, targets), ...}})"
+        )
 
 
 def check_num_batches(num_batches: object) -> None:
@@ -231,7 +307,11 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
+        _check_dataset(dataset)
         check_batch_size(batch_size)
+        _check_flag("mixed", mixed)
+        _check_flag("replacement", replacement)
+        _check_seed(seed)
         if not isinstance(num_replicas, int) or isinstance(num_replicas, bool) or num_replicas < 1:
             raise ValueError(f"num_replicas (ranks sharing each batch) must be a positive int, got {num_replicas!r}")
         if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank < num_replicas:
@@ -392,6 +472,13 @@ class MultiTaskBatch:
 
 def collate_multitask(items: Sequence[MultiTaskItem]) -> MultiTaskBatch:
     """Collate ``MultiTaskItem``s: inputs and targets with torch's ``default_collate``."""
+    if not items:
+        raise ValueError("items is empty; a batch needs at least one MultiTaskItem")
+    if not all(isinstance(item, MultiTaskItem) for item in items):
+        raise TypeError(
+            f"collate_multitask collates the MultiTaskItems of a MultiTaskDataset, got a {type(items[0]).__name__}; "
+            f"index a MultiTaskDataset (or use multitask_loader)"
+        )
     return MultiTaskBatch(
         tasks=tuple(item.task for item in items),
         indices=torch.tensor([item.index for item in items]),
