@@ -29,8 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl_tutorial import distributed
-
 METHODS = ("equal", "pcgrad", "mgda", "cagrad")
 MODES = ("parameters", "representation")
 
@@ -358,8 +356,9 @@ class GradientAggregation:
     Either way each head keeps the gradient of its own loss. ``cosine_curve(a, b)`` gives the cosine
     between two tasks' gradients at every step; ``weights`` returned to the loop are the α_t.
     c: CAGrad's radius (method "cagrad" only); seed: PCGrad's random projection order.
-    Data-parallel (``mtl_tutorial.distributed``): the task gradients are averaged over the ranks
-    before the Gram matrix, so every rank computes the same α and takes the same step.
+    Data-parallel, ``train`` calls it with ``reduce`` (``weighting.Reduce``: a (T, P) tensor -> its mean
+    over the ranks, the same on every rank): the task gradients are averaged before the Gram matrix,
+    so every rank computes the same α and takes the same step. None (one process): used as they are.
     """
 
     writes_gradients = True
@@ -401,7 +400,8 @@ class GradientAggregation:
         return torch.ones(len(gram), dtype=torch.float64)
 
     def __call__(
-        self, losses: dict[str, torch.Tensor], step: int = 0, **ctx: Any
+        self, losses: dict[str, torch.Tensor], step: int = 0,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, **ctx: Any,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         tasks = tuple(losses)
         unknown = [task for task in tasks if task not in self.model.heads]
@@ -433,7 +433,8 @@ class GradientAggregation:
             flat = per_example.sum(dim=1)  # (T, H): the gradients of a shift of the features
         else:
             flat = torch.stack([torch.cat([g.flatten() for g in row]) for row in rows])  # (T, P)
-        flat = distributed.all_reduce_mean(flat)  # the whole batch's task gradients under data parallelism
+        if reduce is not None:
+            flat = reduce(flat)  # the whole batch's task gradients under data parallelism
         bad = [task for task, row in zip(tasks, flat) if not bool(torch.isfinite(row).all())]
         if bad:
             raise FloatingPointError(

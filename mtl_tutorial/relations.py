@@ -41,10 +41,9 @@ from torch import nn
 from torch.func import functional_call
 
 from mtl_tutorial.aggregation import gradient_cosines
-from mtl_tutorial.data.multitask import check_batch_size, check_task_data
+from mtl_tutorial.checks import check_batch_size, check_task_data
 from mtl_tutorial.models import select_examples
 from mtl_tutorial.objectives import check_scalar_losses
-from mtl_tutorial.training import History
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -212,9 +211,13 @@ class TaskAffinity:
                 for i, s in enumerate(tasks) for j, t in enumerate(tasks)}
 
 
-def affinity_matrix(history: History, tasks: Sequence[str], kind: str = "affinity", start: int = 0) -> np.ndarray:
-    """The mean over evaluations (from eval step ``start`` on) of Z_{i→j} (or the cosines): (T, T)."""
-    if not isinstance(history, History):
+def affinity_matrix(history: Any, tasks: Sequence[str], kind: str = "affinity", start: int = 0) -> np.ndarray:
+    """The mean over evaluations (from eval step ``start`` on) of Z_{i→j} (or the cosines): (T, T).
+
+    history: what ``train`` returns (a ``training.History``), read through its ``eval_steps`` (J,) and
+    ``metrics`` {name: (J,) values}; any object with those two works (this module does not import the loop).
+    """
+    if not (hasattr(history, "eval_steps") and isinstance(getattr(history, "metrics", None), Mapping)):
         raise TypeError(f"history must be the History that train() returns, got {type(history).__name__}")
     if isinstance(tasks, str) or not isinstance(tasks, Iterable):
         raise TypeError(f"tasks must be a list of task names, got {type(tasks).__name__} {tasks!r}; e.g. ['a', 'b']")

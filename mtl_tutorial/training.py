@@ -22,7 +22,8 @@ to bfloat16, on CUDA or the CPU; float32's range, so no loss scaling) or ``"fp16
 autocast with a ``GradScaler``, CUDA only). Parameters, optimizer and aggregators' Gram matrices
 (float64) keep their precision. Launched by ``torchrun`` (a process group of W > 1 ranks), the
 same ``train`` is data-parallel: each rank trains on its shard of every batch and one step equals
-one step on the whole batch (``mtl_tutorial.distributed``: the math and what is averaged where).
+one step on the whole batch (``mtl_tutorial.distributed``: the math and what is averaged where);
+the weighting is handed ``reduce``, the mean over the ranks (the identity in one process: ``Weighting``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mtl_tutorial import distributed
-from mtl_tutorial.data.multitask import MultiTaskBatch, check_batch_size, check_task_data
+from mtl_tutorial.checks import check_batch_size, check_task_data
+from mtl_tutorial.data.multitask import MultiTaskBatch
 from mtl_tutorial.models import TaskOutput, select_examples
 from mtl_tutorial.objectives import check_scalar_losses, weighted_sum
 from mtl_tutorial.runtime import check_device
@@ -54,7 +56,11 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 class Weighting(Protocol):
     """Turns per-task losses into the loss to back-propagate: ``(total, {task: λ_t})``.
 
-    ctx holds ``step`` (1-based) and ``model``; a weighting takes what it needs and ignores the rest.
+    ctx holds ``step`` (1-based), ``model`` and ``reduce``; a weighting takes what it needs and ignores
+    the rest. ``reduce(x)``: x (any shape, e.g. per-task gradients (T, P)) -> its mean over the
+    data-parallel ranks, same shape, same on every rank (``distributed.all_reduce_mean``; the identity
+    in one process): a weighting that computes something from this rank's examples alone (GradNorm's
+    and the aggregators' per-task gradients) reduces it before use, so every rank agrees.
     An ``nn.Module`` weighting is moved to the device and its parameters are trained with the model
     (at its attribute ``lr`` when set). ``writes_gradients = True``: the weighting has written the
     gradients itself; ``total`` is then only recorded, not back-propagated.
@@ -366,7 +372,7 @@ def train(
             if bad:
                 raise NonFiniteLossError(step, bad[0], values, history)
             optimizer.zero_grad(set_to_none=True)
-            total, task_weights = weighting(losses, step=step, model=model)
+            total, task_weights = weighting(losses, step=step, model=model, reduce=distributed.all_reduce_mean)
             if not math.isfinite(float(total.detach())):
                 raise NonFiniteLossError(step, None, values, history)
             if scaler is not None and any(p.grad is not None for g in optimizer.param_groups for p in g["params"]):

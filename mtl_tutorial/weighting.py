@@ -7,7 +7,8 @@ task names, ``Strategy(tasks, ...)``, and called each step with that step's task
 
 returning the loss to back-propagate and the current λ_t, which ``train`` records in the History.
 A strategy with learnable parameters is an ``nn.Module``; ``train`` optimises them with the model,
-at the strategy's own ``lr`` when it sets one.
+at the strategy's own ``lr`` when it sets one. Data-parallel, ``train`` also hands in ``reduce``
+(``Reduce``), the mean over the ranks, for what a strategy computes from its rank's examples alone.
 
     EqualWeighting         λ_t = 1
     StaticWeighting        λ_t fixed by hand
@@ -19,13 +20,17 @@ at the strategy's own ``lr`` when it sets one.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from mtl_tutorial import distributed
 from mtl_tutorial.objectives import check_scalar_losses, weighted_sum
+
+Reduce = Callable[[torch.Tensor], torch.Tensor]
+"""``reduce(x) -> (1/W) Σ_r x_r``: a tensor of any shape (here (T, P)) -> its mean over the W data-parallel
+ranks, the same shape and the same values on every rank. ``train`` passes ``distributed.all_reduce_mean``;
+in one process (and by default, ``None``) it is the identity."""
 
 
 class LossWeighting(nn.Module):
@@ -144,7 +149,8 @@ class GradNorm(LossWeighting):
     training loop's optimizer then applies); the model is trained on Σ_t λ_t L_t with λ held
     constant. A task whose loss fell less than the others (r_t > 1, the slower task) gets a larger
     target norm, so its weight grows. α: how strongly (0 pulls all norms to be equal).
-    Data-parallel, ∇_W L_t is averaged over the ranks first (``mtl_tutorial.distributed``).
+    Data-parallel, ∇_W L_t is averaged over the ranks first, by the ``reduce`` that ``train`` passes
+    (``Reduce``; None: one process, nothing to average).
     L_t(0) is the first loss seen for task t; it must be > 0. A step where every G_t is 0 (W not
     reached by any loss) raises: the weights could not move.
     """
@@ -169,7 +175,8 @@ class GradNorm(LossWeighting):
         return len(self.tasks) * torch.softmax(self.logits, dim=0)
 
     def forward(
-        self, losses: dict[str, torch.Tensor], model: nn.Module | None = None, **ctx: Any
+        self, losses: dict[str, torch.Tensor], model: nn.Module | None = None, reduce: Reduce | None = None,
+        **ctx: Any,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         self._check(losses)
         if self.shared_parameters is None:
@@ -191,8 +198,9 @@ class GradNorm(LossWeighting):
             grads = torch.autograd.grad(loss, self.shared_parameters, retain_graph=True, allow_unused=True)
             rows.append(torch.cat([(torch.zeros_like(w) if g is None else g).flatten()
                                    for w, g in zip(self.shared_parameters, grads)]))
-        # ∇_W L_t of the whole batch: the mean over data-parallel ranks (distributed; itself in one process)
-        task_grads = distributed.all_reduce_mean(torch.stack(rows))  # (T_present, |W|)
+        task_grads = torch.stack(rows)  # (T_present, |W|)
+        if reduce is not None:  # ∇_W L_t of the whole batch: the mean over the data-parallel ranks
+            task_grads = reduce(task_grads)
         grad_norms = weights * task_grads.norm(dim=1)  # G_t
         if not bool(grad_norms.detach().abs().max() > 0):
             raise ValueError(

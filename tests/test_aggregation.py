@@ -307,6 +307,29 @@ def test_parameter_mode_writes_the_aggregated_trunk_gradient_and_each_heads_own(
     assert cosines[0] == pytest.approx(float(gradient_cosines(grads)[0, 1]), abs=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["parameters", "representation"])
+def test_the_task_gradients_go_through_the_reducer_it_is_handed_before_the_gram_matrix(mode):
+    model, _, batch, loss_fns = two_task_setup()
+    seen = []
+
+    def mean_with_an_idle_rank(grads):  # the mean over 2 ranks, the other one's task gradients all 0
+        seen.append(tuple(grads.shape))
+        return grads / 2
+
+    aggregation = GradientAggregation(model, "equal", mode=mode)
+    reference = GradientAggregation(model, "equal", mode=mode)
+    aggregation(task_losses(model, batch, loss_fns), step=1, reduce=mean_with_an_idle_rank)
+    halved = [p.grad.clone() for p in model.trunk.parameters()]
+    model.zero_grad()
+    reference(task_losses(model, batch, loss_fns), step=1)
+    assert seen == [(2, 20 if mode == "parameters" else 5)]  # (T, P): the trunk's 15 + 5 parameters; (T, H)
+    if mode == "parameters":  # the trunk steps along the reduced gradients
+        for grad, full in zip(halved, model.trunk.parameters()):
+            torch.testing.assert_close(grad, full.grad / 2)
+    torch.testing.assert_close(torch.tensor(aggregation.cosine_curve("a", "b")[1]),
+                               torch.tensor(reference.cosine_curve("a", "b")[1]))
+
+
 def test_representation_mode_back_propagates_the_weighted_feature_gradient():
     model, _, batch, loss_fns = two_task_setup()
     grads, heads = per_task_gradients(model, batch, loss_fns)

@@ -17,6 +17,7 @@ from torch import nn
 from mtl_tutorial import distributed
 from mtl_tutorial.aggregation import GradientAggregation
 from mtl_tutorial.data import MultiTaskBatchSampler, MultiTaskDataset, multitask_loader
+from mtl_tutorial.distributed.__main__ import main
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.training import PRECISIONS, evaluate, mean_squared_error, train
 from mtl_tutorial.weighting import GradNorm, UncertaintyWeighting
@@ -272,7 +273,7 @@ def test_fp16_on_cuda_trains_with_a_scaler_and_refuses_a_weighting_that_writes_g
 
 def test_the_entry_point_under_torchrun_matches_one_process(tmp_path):
     arguments = ["--steps", "12", "--batch-size", "8", "--weighting", "uncertainty", "--mixed"]
-    assert distributed.main([*arguments, "--output", str(tmp_path / "one.json")]) == 0
+    assert main([*arguments, "--output", str(tmp_path / "one.json")]) == 0
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "mtl_tutorial.distributed", *arguments, "--output", str(tmp_path / "two.json")],
@@ -291,6 +292,6 @@ def test_the_entry_point_under_torchrun_matches_one_process(tmp_path):
 
 def test_a_missing_output_folder_is_refused_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        distributed.main(["--steps", "100000", "--output", str(tmp_path / "missing" / "x.json")])
+        main(["--steps", "100000", "--output", str(tmp_path / "missing" / "x.json")])
     assert exit_.value.code == 2
     assert "does not exist; create it first" in capsys.readouterr().err

@@ -92,6 +92,22 @@ def test_gradnorm_moves_weight_to_the_slower_task():
     assert weights[1] > 1.0 > weights[0] and weights.sum().item() == pytest.approx(2.0)
 
 
+def test_gradnorm_reduces_the_task_gradients_with_the_reducer_it_is_handed():
+    shared = nn.Parameter(torch.ones(2))
+    gradnorm = GradNorm(["a", "b"], alpha=1.5, shared_parameters=[shared])
+    gradnorm(linear_losses(shared, 1.0, 1.0))
+    seen = []
+
+    def mean_with_an_idle_rank(grads):  # the mean over 2 ranks, the other one's task gradients all 0
+        seen.append(tuple(grads.shape))
+        return (grads + torch.zeros_like(grads)) / 2
+
+    gradnorm(linear_losses(shared, 0.5, 1.0), reduce=mean_with_an_idle_rank)
+    assert seen == [(2, 2)]  # (T, |W|)
+    # half the norms G of test_gradnorm_moves_weight_to_the_slower_task, so half its θ gradient
+    torch.testing.assert_close(gradnorm.logits.grad, torch.tensor([0.375, -0.375]))
+
+
 class MeanPooledBert(nn.Module):
     """A tiny BERT trunk used as it comes (every parameter trainable): mean pooling, so its pooler,
     the last registered Linear, is never used."""

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from mtl_tutorial.checks import check_batch_size, check_task_data  # their home until methods had to use them too
+
 STRATEGIES = ("proportional", "uniform", "temperature")
 
 
@@ -49,51 +51,6 @@ class MultiTaskItem(NamedTuple):
     index: int
     input: Any
     target: Any
-
-
-def _is_pair(item: Any) -> bool:
-    return isinstance(item, (tuple, list)) and len(item) == 2
-
-
-def check_task_data(task: str, data: tuple[Any, Any] | Dataset) -> int:
-    """N_t, the number of examples of one task's data: ``(inputs, targets)`` of equal length, or a
-    ``Dataset`` whose items are ``(input, target)`` pairs. Raises when the lengths differ, there is no
-    example, or the data is neither."""
-    if isinstance(data, tuple):
-        if len(data) != 2:
-            raise ValueError(f"task {task!r} must be an (inputs, targets) pair, got a tuple of {len(data)} items")
-        for name, part in zip(("inputs", "targets"), data):
-            if isinstance(part, Mapping) or not hasattr(part, "__len__"):
-                raise TypeError(
-                    f"the {name} of task {task!r} must be a tensor or a list with one entry per example, got "
-                    f"{type(part).__name__}"
-                )
-        inputs, targets = data
-        if len(inputs) != len(targets):
-            raise ValueError(
-                f"task {task!r} has {len(inputs)} inputs but {len(targets)} targets; they must match"
-            )
-    elif not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
-        raise TypeError(
-            f"task {task!r} must be an (inputs, targets) tuple or a Dataset of (input, target) pairs, got "
-            f"{type(data).__name__}"
-        )
-    elif len(data) and not _is_pair(data[0]):
-        raise TypeError(
-            f"the items of task {task!r} must be (input, target) pairs, but its first item is a "
-            f"{type(data[0]).__name__}; to give inputs and targets, pass the tuple (inputs, targets), not a list "
-            f"or a tensor"
-        )
-    size = len(data[1]) if isinstance(data, tuple) else len(data)
-    if size == 0:
-        raise ValueError(f"task {task!r} has no examples; give it at least one (input, target) pair")
-    return size
-
-
-def check_batch_size(batch_size: int) -> None:
-    """Raise unless ``batch_size`` is a positive int (not a bool)."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
 
 def _check_seed(seed: Any) -> None:

@@ -27,19 +27,19 @@ DDP averages only what ``backward()`` computes; the rest is averaged here, by ha
   gradients depend on the global L_t only, so they agree already; averaging keeps it so.
 - the per-task gradients that GradNorm and the aggregators take with ``torch.autograd.grad``:
   ``all_reduce_mean`` before the norms and the Gram matrix, so that α is the same on every rank.
+  ``train`` hands it to the weighting as ``reduce=``: the methods never import this package.
 - every gradient of a step whose weighting writes the gradients itself (an aggregator): DDP's own
   synchronisation is off for such steps (``no_sync``), ``average_gradients`` does it after.
 
 Layout: ranks and collectives; a shard's losses (``global_task_losses``); starting processes
-(``init_distributed`` under torchrun, ``run_local`` for tests, benchmarks and notebooks); the
-entry point (``python -m mtl_tutorial.distributed``, ``main``) and its experiment.
+(``init_distributed`` under torchrun, ``run_local`` for tests, benchmarks and notebooks). The
+experiment lives in ``distributed.experiment`` (``correlated_tasks_setup``, also importable from
+here), the entry point ``python -m mtl_tutorial.distributed`` in ``distributed/__main__.py``
+(``main``): it imports the loop, which imports this package, so this package never imports it.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import math
 import os
 import pickle
@@ -54,9 +54,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from mtl_tutorial.data import MultiTaskDataset, make_correlated_tasks, multitask_loader
-from mtl_tutorial.models import HardSharingModel, mlp
-from mtl_tutorial.runtime import get_device, seed_everything
+from mtl_tutorial.distributed.experiment import correlated_tasks_setup  # noqa: F401  (its home before)
+from mtl_tutorial.runtime import get_device
 
 T = TypeVar("T")
 
@@ -244,103 +243,3 @@ def run_local(
             with open(Path(folder) / f"{r}.pkl", "rb") as file:
                 results.append(pickle.load(file))
     return results
-
-
-def correlated_tasks_setup(
-    num_tasks: int = 2,
-    correlation: float = 0.5,
-    num_train: int = 2048,
-    num_test: int = 512,
-    hidden: Sequence[int] = (64,),
-    seed: int = 0,
-) -> tuple[HardSharingModel, dict, dict, dict]:
-    """The entry point's experiment: (model, train_data, test_data, loss_fns).
-
-    Chapter 01's correlated regression tasks (``make_correlated_tasks``, inputs (N, 100)) on a
-    chapter-02 model: a shared ``mlp(100, *hidden)`` trunk and one linear head per task, MSE losses.
-    Data: task ``"task1"``, ... -> (x (N, 100), y_t (N,)), the tasks sharing their inputs. Same seed,
-    same model and data on every rank.
-    """
-    data = make_correlated_tasks(num_train + num_test, num_tasks=num_tasks, correlation=correlation, seed=seed)
-    tasks = [f"task{t + 1}" for t in range(num_tasks)]
-    train_data = {task: (data.x[:num_train], data.y[:num_train, t]) for t, task in enumerate(tasks)}
-    test_data = {task: (data.x[num_train:], data.y[num_train:, t]) for t, task in enumerate(tasks)}
-    seed_everything(seed)
-    heads = {task: nn.Sequential(nn.Linear(hidden[-1], 1), nn.Flatten(0)) for task in tasks}
-    model = HardSharingModel(mlp(data.x.shape[1], *hidden), heads)
-    return model, train_data, test_data, {task: nn.functional.mse_loss for task in tasks}
-
-
-WEIGHTINGS = ("equal", "uncertainty", "gradnorm", "dwa", "pcgrad", "mgda", "cagrad")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mtl_tutorial.distributed``: train ``correlated_tasks_setup`` on every process
-    torchrun starts (or on one, without torchrun); rank 0 prints the test scores and writes --output."""
-    # imported here, not at the top: training, weighting and aggregation import this module
-    from mtl_tutorial.aggregation import GradientAggregation
-    from mtl_tutorial.training import PRECISIONS, evaluate, normalized_mean_squared_error, train
-    from mtl_tutorial.weighting import DynamicWeightAverage, EqualWeighting, GradNorm, UncertaintyWeighting
-
-    parser = argparse.ArgumentParser(
-        prog="python -m mtl_tutorial.distributed",
-        description="Train two correlated synthetic regression tasks (chapters 01, 02 and 05) with a shared trunk, "
-        "data-parallel on every process that torchrun starts (one process without torchrun). --batch-size is "
-        "the global batch, shared by the processes; rank 0 prints and writes --output.",
-    )
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch: all processes together")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weighting", choices=WEIGHTINGS, default="equal",
-                        help="loss weighting (chapter 05) or gradient aggregator (chapter 06)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--tasks", type=int, default=2, help="number of tasks")
-    parser.add_argument("--correlation", type=float, default=0.5, help="correlation of the tasks' linear parts")
-    parser.add_argument("--mixed", action="store_true", help="mixed batches (default: one task per batch)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", metavar="FILE.json", help="rank 0 writes the History and test scores here")
-    args = parser.parse_args(argv)
-    if args.output:   # checked before training, not after it
-        folder = Path(args.output).resolve().parent
-        if not folder.is_dir():
-            parser.error(f"--output {args.output}: the folder {folder} does not exist; create it first (mkdir -p)")
-        if not os.access(folder, os.W_OK):
-            parser.error(f"--output {args.output}: the folder {folder} is not writable; choose another path")
-
-    device = init_distributed()
-    try:
-        model, train_data, test_data, loss_fns = correlated_tasks_setup(args.tasks, args.correlation, seed=args.seed)
-        tasks = list(loss_fns)
-        loader = multitask_loader(
-            MultiTaskDataset(train_data), args.batch_size, strategy="uniform", mixed=args.mixed, seed=args.seed,
-            replacement=True, num_batches=args.steps, num_replicas=world_size(), rank=rank(),
-        )
-        if args.weighting in ("pcgrad", "mgda", "cagrad"):
-            weighting = GradientAggregation(model, args.weighting)
-        else:
-            strategies = {"equal": EqualWeighting, "uncertainty": UncertaintyWeighting, "gradnorm": GradNorm,
-                          "dwa": DynamicWeightAverage}
-            weighting = strategies[args.weighting](tasks)
-        if rank() == 0:
-            backend = dist.get_backend() if dist.is_initialized() else "none"
-            print(f"{world_size()} process(es), backend {backend}, device {device.type}; global batch "
-                  f"{args.batch_size} ({args.batch_size / world_size():g} per process), {args.steps} steps, "
-                  f"{args.weighting}, {args.precision}", flush=True)
-        history = train(model, loader, loss_fns, num_steps=args.steps, lr=args.lr, weighting=weighting,
-                        device=device, precision=args.precision, desc=f"rank 0 of {world_size()}")
-        scores = evaluate(model, test_data, {"nmse": normalized_mean_squared_error})
-        if rank() == 0:
-            print("test normalised MSE: " + ", ".join(f"{task} {scores[f'{task}/nmse']:.4f}" for task in tasks))
-            if args.output:
-                record = {"world_size": world_size(), "arguments": vars(args), "test": scores,
-                          "history": dataclasses.asdict(history)}
-                Path(args.output).write_text(json.dumps(record, indent=1))
-                print(f"history and scores written to {args.output}")
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
