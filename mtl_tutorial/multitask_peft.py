@@ -12,6 +12,13 @@ its own head. Two things are the same for every method and live here, once:
   hyper-parameters (``task_metadata``) or on another backbone (its fingerprint) instead of loading
   it into the wrong model.
 
+The task file is a safetensors file: the task's tensors and, as metadata (strings), ``format`` (the
+model class's ``save_format``), ``task`` (the task's name), ``tensors_sha256`` (``tensors_sha256`` of
+the tensors), ``backbone`` (``backbone.backbone_fingerprint``, when there is one) and the method's
+hyper-parameters (``task_metadata``). ``save_task`` writes it to a temporary file in the same folder
+and renames that onto the target, so a crash leaves the old file or the new one, never half of one;
+``load_task`` recomputes the checksum and refuses a damaged file, or another task's.
+
 ``no_target_error`` is the one error every injection (``apply_adapters``, ``apply_lora``,
 ``apply_prefix``, ``PromptTunedEncoder``) raises when it finds nowhere to go.
 """
@@ -19,9 +26,14 @@ its own head. Two things are the same for every method and live here, once:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import reprlib
+import secrets
+import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -134,12 +146,111 @@ def task_routing(model: nn.Module, task: str | Sequence[str]) -> Iterator[None]:
             layer.routing = before
 
 
+FILE_KEYS = frozenset({"format", "task", "tensors_sha256", "backbone"})
+"""Metadata keys of a task file that say what it is and where its tensors come from; every other key
+is a hyper-parameter of the model that saved it (``task_metadata``)."""
+
+
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of named tensors: for each name in sorted order, a JSON line [name, dtype, shape]
+    then the tensor's bytes (row-major, as safetensors stores them). Any changed byte, name, dtype or
+    shape changes it; where the tensors live (device, strides) does not."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update((json.dumps([name, str(tensor.dtype), list(tensor.shape)]) + "\n").encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _task_file(path: Any) -> Path:
+    """``path`` as a ``Path`` to an existing file, or an error that names it and says what to pass."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be the path of a task file (str or pathlib.Path), got {type(path).__name__} "
+                        f"{reprlib.repr(path)}")
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        raise IsADirectoryError(
+            f"{path} is a folder, not a task file; pass the path of the file save_task wrote"
+            + (f" (this folder holds: {', '.join(found[:5])})" if found else "")
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"no saved task at {path}: the file does not exist; save_task(task, path) writes one")
+    return path
+
+
+def read_task_file(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """(metadata, tensor name -> shape) of a file written by ``save_task``, without loading the tensors."""
+    return _read_task_file(path, lambda handle, key: handle.get_slice(key).get_shape())
+
+
+def _read_task_file(path: Any, read: Callable[[Any, str], Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """(metadata, tensor name -> ``read(handle, name)``) of a safetensors file; refuses, naming it, a
+    missing file, a folder, or one that is not a safetensors file or is cut short."""
+    from safetensors import SafetensorError, safe_open
+
+    path = _task_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}, {key: read(handle, key) for key in handle.keys()}
+    except SafetensorError as error:
+        raise ValueError(
+            f"{path} is not a task saved by save_task, or it is damaged (safetensors: {error}); "
+            f"save the task again with save_task(task, path)"
+        ) from error
+
+
+def _check_checksum(path: Path, metadata: Mapping[str, str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a file whose tensors differ from the ones ``save_task`` wrote; warn on a file saved
+    before the checksum existed (it cannot be verified)."""
+    if "tensors_sha256" not in metadata:
+        warnings.warn(
+            f"{path} has no checksum of its tensors (it was saved before save_task recorded one), so damage to "
+            f"it cannot be detected; it is loaded unverified. Save the task again with save_task to add one",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif tensors_sha256(tensors) != metadata["tensors_sha256"]:
+        raise ValueError(
+            f"{path} is damaged: its tensors do not match the checksum save_task wrote beside them (a changed "
+            f"byte, e.g. from a broken copy or download); save the task again from the trained model with "
+            f"save_task(task, path)"
+        )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, flushed to disk and then
+    renamed onto ``path`` (``os.replace`` is atomic): ``path`` is the old file or the new one, never a
+    part. The temporary file is removed on any exception, Ctrl-C included. The file's permissions are
+    those of a new file (0o666 less the umask), as ``open(path, "wb")`` gives."""
+    temporary = path.with_name(f"{path.name}.{secrets.token_hex(4)}.partial")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    if os.name == "posix":  # make the rename durable too, where the file system lets a folder be flushed
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            with contextlib.suppress(OSError):
+                os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
 def _metadata_mismatches(saved: dict[str, str], own: dict[str, str]) -> list[str]:
     """``"key='saved' in the file but 'own' here"`` for every hyper-parameter that differs."""
     def shown(metadata: dict[str, str], key: str) -> str:
         return repr(metadata[key]) if key in metadata else "nothing"
 
-    keys = sorted((saved.keys() | own.keys()) - {"format", "task", "backbone"})  # the backbone is checked on its own
+    keys = sorted((saved.keys() | own.keys()) - FILE_KEYS)  # the backbone is checked on its own
     return [f"{key}={shown(saved, key)} in the file but {shown(own, key)} here" for key in keys if saved.get(key) != own.get(key)]
 
 
@@ -192,39 +303,56 @@ class MultiTaskPEFTModel(HardSharingModel):
         fingerprint = backbone_fingerprint(self.trunk)
         return {**self.task_metadata(), **({"backbone": fingerprint} if fingerprint else {})}
 
-    def save_task(self, task: str, path: str | os.PathLike) -> None:
-        """Write one task's PEFT tensors and head to a safetensors file (no backbone)."""
-        from safetensors.torch import save_file
+    def _check_task_and_path(self, verb: str, task: Any, path: Any) -> None:
+        """``save_task``'s and ``load_task``'s arguments, checked before any file is touched."""
+        if isinstance(path, str) and path in self.heads and not (isinstance(task, str) and task in self.heads):
+            raise TypeError(f"{verb} takes (task, path) in that order; got task={reprlib.repr(task)}, path={path!r}: "
+                            f"call {verb}({path!r}, {reprlib.repr(str(task))})")
+        if not isinstance(task, str):
+            raise TypeError(f"task must be a task name, one of: {', '.join(self.tasks)}; got {type(task).__name__} "
+                            f"{reprlib.repr(task)}")
+        self._check_task(task)
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or pathlib.Path), e.g. '{task}.safetensors'; got "
+                            f"{type(path).__name__} {reprlib.repr(path)}")
 
+    def save_task(self, task: str, path: str | os.PathLike) -> None:
+        """Write one task's PEFT tensors and head to a safetensors file (no backbone), with the metadata
+        ``load_task`` checks (``format``, ``task``, ``tensors_sha256``, ``backbone`` and the
+        hyper-parameters); atomically: an existing file at ``path`` is replaced only once the new one
+        is complete on disk."""
+        from safetensors.torch import save
+
+        self._check_task_and_path("save_task", task, path)
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder; give save_task a file path, e.g. "
+                                    f"{path / f'{task}.safetensors'}")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"cannot save to {path}: the folder {path.parent} does not exist; create it first "
+                                    f"(Path({str(path.parent)!r}).mkdir(parents=True))")
         tensors = {k: t.detach().cpu().clone().contiguous() for k, t in self.task_state_dict(task).items()}
-        save_file(tensors, str(path), metadata={"format": self.save_format, "task": task, **self.saved_metadata()})
+        metadata = {**self.saved_metadata(), "format": self.save_format, "task": task,
+                    "tensors_sha256": tensors_sha256(tensors)}
+        _write_atomically(path, save(tensors, metadata=metadata))
 
     def load_task(self, task: str, path: str | os.PathLike) -> None:
         """Overwrite task ``task``'s PEFT tensors and head with those ``save_task`` wrote.
 
-        Refuses, naming the file: a missing file, one that is not a saved task (or is damaged), one
-        saved by another kind of model, on another backbone or with other hyper-parameters, or
-        tensors of other names or shapes.
+        Refuses, naming the file: a missing file or a folder, one that is not a saved task, one whose
+        tensors do not match their checksum (damaged), one saved by another kind of model, on another
+        backbone or with other hyper-parameters, tensors of other names or shapes, or another task's
+        file. A file saved before the checksum existed is loaded with a warning.
         """
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no saved task at {path}: the file does not exist; save_task(task, path) writes one")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                stored = handle.metadata() or {}
-            saved = load_file(str(path))
-        except SafetensorError as error:
-            raise ValueError(
-                f"{path} is not a task saved by save_task, or it is damaged (safetensors: {error}); "
-                f"save the task again with save_task(task, path)"
-            ) from error
+        self._check_task_and_path("load_task", task, path)
+        stored, saved = _read_task_file(path, lambda handle, key: handle.get_tensor(key))
+        path = Path(path)
         if stored.get("format") != self.save_format:
             raise ValueError(
                 f"{path} holds {stored.get('format') or 'an unknown format'}, not {self.save_format}; load it into "
                 f"the same kind of model that saved it"
             )
+        _check_checksum(path, stored, saved)
         own_metadata = self.saved_metadata()
         if "backbone" in stored and "backbone" in own_metadata and stored["backbone"] != own_metadata["backbone"]:
             raise ValueError(
@@ -237,19 +365,27 @@ class MultiTaskPEFTModel(HardSharingModel):
                 f"{path} was saved by a model with other settings: {'; '.join(mismatches)}; build the model "
                 f"with the saved settings before loading"
             )
+        saved_task = stored.get("task")
+        holds = "no task name" if saved_task is None else f"task {saved_task!r}"
+        other_task = f"it holds {holds}, not {task!r}: load each task from its own file" if saved_task != task else ""
         own = self.task_state_dict(task)
         missing, unexpected = sorted(own.keys() - saved.keys()), sorted(saved.keys() - own.keys())
         if missing or unexpected:
             raise ValueError(
                 f"{path} does not fit task {task!r} of this model: missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}; save and load with the same layers, sizes and head"
+                f"{unexpected[:3]}; {other_task or 'save and load with the same layers, sizes and head'}"
             )
         for key, tensor in own.items():
             if saved[key].shape != tensor.shape:
                 raise ValueError(
                     f"{key} has shape {tuple(saved[key].shape)} in {path} but {tuple(tensor.shape)} here; "
-                    f"use the same sizes as the saved model"
+                    f"{other_task or 'use the same sizes as the saved model'}"
                 )
+        if saved_task != task:
+            raise ValueError(
+                f"{path} holds {holds} but was loaded as task {task!r}; load each task from the file save_task "
+                f"wrote for it" + (f": load_task({saved_task!r}, path)" if saved_task in self.heads else "")
+            )
         with torch.no_grad():
             for key, tensor in own.items():
                 tensor.copy_(saved[key])

@@ -9,17 +9,20 @@ backbone pass however many tasks it holds.
     predictor.predict([("supersense", "a small carnivorous mammal"), ("pos", "to move quickly")])
 
 ``from_files`` reads the method and its hyper-parameters from the files' metadata and refuses files
-saved by different methods or settings, or on another backbone (``MultiTaskPEFTModel.load_task``).
-Texts longer than the trunk's ``max_length`` tokens are truncated with a warning, or refused.
+saved by different methods or settings, a file given for a task it does not hold (two files swapped),
+and, through ``MultiTaskPEFTModel.load_task``, damaged files and files trained on another backbone.
+Texts longer than the trunk's ``max_length`` tokens are truncated with a warning, or refused. Every
+argument is checked where it enters, with an error that says what to pass instead.
 """
 
 from __future__ import annotations
 
 import copy
+import numbers
 import os
+import reprlib
 import warnings
-from pathlib import Path
-from typing import Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -27,7 +30,7 @@ from torch import nn
 from mtl_tutorial.adapter import MultiTaskAdapterModel
 from mtl_tutorial.lora import MultiTaskLoRAModel
 from mtl_tutorial.models import TextEncoderTrunk
-from mtl_tutorial.multitask_peft import MultiTaskPEFTModel
+from mtl_tutorial.multitask_peft import FILE_KEYS, MultiTaskPEFTModel, TaskRoutedLayer, check_task_names, read_task_file
 from mtl_tutorial.prefix import MultiTaskPrefixModel
 
 MODEL_CLASSES: dict[str, type[MultiTaskPEFTModel]] = {
@@ -48,17 +51,48 @@ class Prediction(NamedTuple):
     truncated: bool
 
 
-def read_task_file(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Size]]:
-    """(metadata, tensor name -> shape) of a file written by ``save_task``, without loading the tensors."""
-    from safetensors import SafetensorError, safe_open
+def _check_count(name: str, value: Any) -> None:
+    """Raise unless ``value`` is an int >= 1 (a bool is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no saved task at {path}: the file does not exist; save_task(task, path) writes one")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return handle.metadata() or {}, {key: handle.get_slice(key).get_shape() for key in handle.keys()}
-    except SafetensorError as error:
-        raise ValueError(f"{path} is not a task saved by save_task, or it is damaged (safetensors: {error})") from error
+
+def _check_truncation(truncation: Any) -> None:
+    if not isinstance(truncation, str) or truncation not in TRUNCATION:
+        raise ValueError(f"truncation must be 'warn' (cut and warn) or 'error' (refuse), got {truncation!r}")
+
+
+def _check_from_files_arguments(files: Any, backbone: Any, tokenizer: Any, max_length: Any) -> None:
+    """``from_files``'s arguments, checked before any file is read or the backbone copied."""
+    if not isinstance(files, Mapping):
+        raise TypeError(f"files must map each task to its file, e.g. {{'pos': 'pos.safetensors'}}; got "
+                        f"{type(files).__name__} {reprlib.repr(files)}")
+    if not files:
+        raise ValueError("files is empty; pass {task: path of the file save_task wrote}")
+    check_task_names(list(files))
+    for task, path in files.items():
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"files[{task!r}] must be a file path (str or pathlib.Path), got {type(path).__name__} "
+                            f"{reprlib.repr(path)}")
+    if isinstance(backbone, tuple):
+        raise TypeError("backbone is a tuple, e.g. load_backbone()'s (encoder, tokenizer); unpack it: "
+                        "from_files(files, *load_backbone())")
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"backbone must be the pretrained encoder (an nn.Module), e.g. load_backbone()[0]; got "
+                        f"{type(backbone).__name__}")
+    if any(isinstance(module, TaskRoutedLayer) for module in backbone.modules()):
+        raise ValueError("backbone already holds multi-task PEFT layers; pass the pretrained encoder "
+                         "(load_backbone()[0]), not a trained model's: from_files adds the layers the files need")
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be the backbone's tokenizer (texts -> token ids), e.g. load_backbone()[1]; "
+                        f"got {type(tokenizer).__name__} {reprlib.repr(tokenizer)}")
+    _check_count("max_length", max_length)
+    positions = getattr(getattr(backbone, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and max_length > positions:
+        raise ValueError(f"max_length = {max_length} tokens is more than the backbone's {positions} positions; "
+                         f"use max_length <= {positions}")
 
 
 def _model_class(metadata: Mapping[str, str], path: str | os.PathLike) -> type[MultiTaskPEFTModel]:
@@ -98,8 +132,7 @@ class MultiTaskPredictor:
                 f"MultiTaskPredictor serves a MultiTaskPEFTModel on a TextEncoderTrunk, got {type(model).__name__}"
                 + (f" on a {type(model.trunk).__name__}" if hasattr(model, "trunk") else "")
             )
-        if truncation not in TRUNCATION:
-            raise ValueError(f"truncation must be 'warn' (cut and warn) or 'error' (refuse), got {truncation!r}")
+        _check_truncation(truncation)
         self.model, self.truncation = model.eval(), truncation
         self.tokenizer, self.max_length = model.trunk.tokenizer, model.trunk.max_length
 
@@ -112,21 +145,28 @@ class MultiTaskPredictor:
         cls,
         files: Mapping[str, str | os.PathLike],
         backbone: nn.Module,
-        tokenizer,
+        tokenizer: Any,
         max_length: int = 128,
         truncation: str = "warn",
     ) -> MultiTaskPredictor:
         """Build the model the files were saved from on ``backbone`` (left unchanged: a copy is
-        wrapped), load each task's file, and serve them. files: task -> path written by ``save_task``.
-        All files must come from one method with the same settings (read from their metadata)."""
-        if not files:
-            raise ValueError("files is empty; pass {task: path of the file save_task wrote}")
+        wrapped), load each task's file, and serve them. files: task -> path written by ``save_task``
+        for that task. All files must come from one method with the same settings (read from their
+        metadata); each must hold the task it is given for and match its checksum."""
+        _check_from_files_arguments(files, backbone, tokenizer, max_length)
+        _check_truncation(truncation)
         first_task, first_path = next(iter(files.items()))
         first_metadata, _ = read_task_file(first_path)
         heads = {}
         for task, path in files.items():
             metadata, shapes = read_task_file(path)
-            others = sorted((metadata.keys() | first_metadata.keys()) - {"task", "format", "backbone"})
+            if metadata.get("task") != task:
+                holds = f"task {metadata['task']!r}" if "task" in metadata else "no task name"
+                raise ValueError(
+                    f"file {path} holds {holds} but was given for {task!r}; give each task the file save_task "
+                    f"wrote for it" + (" (are two files swapped?)" if metadata.get("task") in files else "")
+                )
+            others = sorted((metadata.keys() | first_metadata.keys()) - FILE_KEYS)
             for key in ["format", "backbone", *others]:
                 if metadata.get(key) != first_metadata.get(key):
                     raise ValueError(
@@ -146,11 +186,34 @@ class MultiTaskPredictor:
         """Each request is (known task, text); returns, per request, whether its text is too long."""
         if isinstance(requests, tuple) and len(requests) == 2 and all(isinstance(r, str) for r in requests):
             raise TypeError("predict takes a list of (task, text) requests; wrap a single one: [(task, text)]")
+        if isinstance(requests, Mapping):
+            raise TypeError("requests is a dict; pass a list of (task, text) pairs, e.g. list(requests.items())")
+        if isinstance(requests, str) or not isinstance(requests, Sequence):
+            raise TypeError(f"requests must be a list of (task, text) pairs, got {type(requests).__name__} "
+                            f"{reprlib.repr(requests)}"
+                            + ("" if isinstance(requests, str) else "; e.g. list(requests)"))
         for i, request in enumerate(requests):
-            if not (isinstance(request, (tuple, list)) and len(request) == 2 and all(isinstance(r, str) for r in request)):
-                raise TypeError(f"request {i} is {request!r}; each request is a (task, text) pair of strings")
-            if request[0] not in self.tasks:
-                raise ValueError(f"request {i} asks for unknown task {request[0]!r}; this predictor serves: "
+            if not isinstance(request, (tuple, list)) or len(request) != 2:
+                raise TypeError(
+                    f"request {i} is {reprlib.repr(request)}; each request is a (task, text) pair of strings"
+                    + ("; for one task and many texts: [(task, text) for text in texts]"
+                       if isinstance(request, str) else "")
+                )
+            task, text = request
+            if isinstance(text, str) and text in self.tasks and not (isinstance(task, str) and task in self.tasks):
+                raise TypeError(f"request {i} is {reprlib.repr(request)}, a (text, task) pair; each request is "
+                                f"(task, text): ({text!r}, {reprlib.repr(task)})")
+            if not isinstance(task, str):
+                raise TypeError(f"request {i} has task {reprlib.repr(task)} ({type(task).__name__}); a task is its "
+                                f"name, one of: {', '.join(self.tasks)}")
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"request {i} has a {type(text).__name__} as its text; a text is one string"
+                    + ("; for many texts, one request each: [(task, text) for text in texts]"
+                       if isinstance(text, (list, tuple)) else "")
+                )
+            if task not in self.tasks:
+                raise ValueError(f"request {i} asks for unknown task {task!r}; this predictor serves: "
                                  f"{', '.join(self.tasks)}")
         lengths = [len(ids) for ids in self.tokenizer([text for _, text in requests])["input_ids"]] if requests else []
         too_long = [length > self.max_length for length in lengths]
@@ -165,8 +228,7 @@ class MultiTaskPredictor:
 
     def predict(self, requests: Sequence[tuple[str, str]], batch_size: int = 32) -> list[Prediction]:
         """One ``Prediction`` per (task, text) request, in order; mixed-task batches of ``batch_size``."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_count("batch_size", batch_size)
         too_long = self._check_requests(requests)
         predictions: list[Prediction | None] = [None] * len(requests)
         for start in range(0, len(requests), batch_size):

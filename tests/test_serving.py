@@ -165,3 +165,133 @@ def test_arguments_from_metadata_invert_task_metadata(backbone, model_class, kwa
     arguments = model_class.arguments_from_metadata(model.task_metadata())
     assert {key: arguments[key] for key in kwargs} == kwargs
     assert trained(model_class, backbone, **arguments).task_metadata() == model.task_metadata()
+
+
+# --- mislabelled and damaged files, and every argument a learner can get wrong ---------------------
+
+
+def test_swapped_files_are_refused_naming_both_tasks(backbone, tmp_path):
+    files = save_all(trained(MultiTaskLoRAModel, backbone, r=4, alpha=8), tmp_path)
+    swapped = {"sentiment": files["sentiment"], "pos": files["supersense"], "supersense": files["pos"]}
+    with pytest.raises(ValueError, match=r"file .*supersense.safetensors holds task 'supersense' but was given for 'pos'; "
+                                         r"give each task the file save_task wrote for it \(are two files swapped\?\)"):
+        MultiTaskPredictor.from_files(swapped, *backbone, max_length=32)
+    with pytest.raises(ValueError, match=r"pos.safetensors holds task 'pos' but was given for 'verb'; give each task the "
+                                         r"file save_task wrote for it$"):
+        MultiTaskPredictor.from_files({"verb": files["pos"]}, *backbone, max_length=32)
+    from safetensors.torch import load_file, save_file
+
+    metadata, _ = read_task_file(files["pos"])
+    save_file(load_file(str(files["pos"])), str(tmp_path / "unnamed.safetensors"), {k: v for k, v in metadata.items() if k != "task"})
+    with pytest.raises(ValueError, match=r"unnamed.safetensors holds no task name but was given for 'pos'"):
+        MultiTaskPredictor.from_files({"pos": tmp_path / "unnamed.safetensors"}, *backbone, max_length=32)
+
+
+def test_a_damaged_file_is_refused_by_from_files(backbone, tmp_path):
+    files = save_all(trained(MultiTaskLoRAModel, backbone, r=4, alpha=8), tmp_path)
+    data = bytearray(files["pos"].read_bytes())
+    data[-1] ^= 0x01  # one bit of the last tensor's last number
+    files["pos"].write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"pos.safetensors is damaged: its tensors do not match the checksum"):
+        MultiTaskPredictor.from_files(files, *backbone, max_length=32)
+
+
+@pytest.fixture(scope="module")
+def lora_files(backbone, tmp_path_factory):
+    model = trained(MultiTaskLoRAModel, backbone, r=4, alpha=8)
+    return model, save_all(model, tmp_path_factory.mktemp("lora_files"))
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda a: a | {"files": list(a["files"].values())}, TypeError, r"files must map each task to its file, e.g. "
+                                                                    r"\{'pos': 'pos.safetensors'\}; got list"),
+    (lambda a: a | {"files": a["files"]["pos"]}, TypeError, r"files must map each task to its file.*got \w*Path"),
+    (lambda a: a | {"files": {}}, ValueError, "files is empty"),
+    (lambda a: a | {"files": {0: a["files"]["pos"]}}, ValueError, "task names must be non-empty strings without '.', got 0"),
+    (lambda a: a | {"files": {"pos": 3}}, TypeError, r"files\['pos'\] must be a file path \(str or pathlib.Path\), got int"),
+    (lambda a: a | {"files": {"pos": a["files"]["pos"].parent}}, IsADirectoryError,
+     r"is a folder, not a task file; pass the path of the file save_task wrote \(this folder holds: pos.safetensors, "),
+    (lambda a: a | {"backbone": (a["backbone"], a["tokenizer"])}, TypeError, r"unpack it: from_files\(files, \*load_backbone\(\)\)"),
+    (lambda a: a | {"backbone": "sentence-transformers/all-MiniLM-L6-v2"}, TypeError,
+     r"backbone must be the pretrained encoder \(an nn.Module\), e.g. load_backbone\(\)\[0\]; got str"),
+    (lambda a: a | {"backbone": a["model"].trunk.encoder}, ValueError, "backbone already holds multi-task PEFT layers"),
+    (lambda a: a | {"tokenizer": None}, TypeError, r"tokenizer must be the backbone's tokenizer .*got NoneType"),
+    (lambda a: a | {"max_length": 0}, ValueError, "max_length must be >= 1, got 0"),
+    (lambda a: a | {"max_length": True}, TypeError, "max_length must be an int >= 1, got bool True"),
+    (lambda a: a | {"max_length": 32.0}, TypeError, "max_length must be an int >= 1, got float 32.0"),
+    (lambda a: a | {"max_length": 1000}, ValueError, "max_length = 1000 tokens is more than the backbone's 512 positions"),
+    (lambda a: a | {"truncation": "cut"}, ValueError, "truncation must be 'warn' .* or 'error' .*, got 'cut'"),
+    (lambda a: a | {"truncation": None}, ValueError, "truncation must be 'warn' .* or 'error' .*, got None"),
+])
+def test_from_files_refuses_each_bad_argument_clearly(backbone, lora_files, change, error, message):
+    model, files = lora_files
+    arguments = change({"files": files, "backbone": backbone[0], "tokenizer": backbone[1], "model": model})
+    arguments.pop("model")
+    with pytest.raises(error, match=message):
+        MultiTaskPredictor.from_files(**arguments)
+
+
+@pytest.fixture(scope="module")
+def predictor(backbone):
+    return MultiTaskPredictor(trained(MultiTaskLoRAModel, backbone, r=4, alpha=8))
+
+
+@pytest.mark.parametrize("requests, error, message", [
+    ({"pos": "to run"}, TypeError, r"requests is a dict; pass a list of \(task, text\) pairs, e.g. list\(requests.items\(\)\)"),
+    ("to run", TypeError, r"requests must be a list of \(task, text\) pairs, got str 'to run'$"),
+    ((r for r in [("pos", "to run")]), TypeError, r"requests must be a list .* got generator .*; e.g. list\(requests\)"),
+    (None, TypeError, "requests must be a list of .* got NoneType"),
+    (["to run", "to walk"], TypeError, r"request 0 is 'to run'; .* for one task and many texts: \[\(task, text\) for"),
+    ([("pos", "to run", "fast")], TypeError, r"request 0 is \('pos', 'to run', 'fast'\); each request is a \(task, text\) pair"),
+    ([("pos", "to run"), ("to walk", "pos")], TypeError,
+     r"request 1 is \('to walk', 'pos'\), a \(text, task\) pair; each request is \(task, text\): \('pos', 'to walk'\)"),
+    ([(1, "to run")], TypeError, r"request 0 has task 1 \(int\); a task is its name, one of: sentiment, pos, supersense"),
+    ([("pos", None)], TypeError, "request 0 has a NoneType as its text; a text is one string$"),
+    ([("pos", 3.5)], TypeError, "request 0 has a float as its text"),
+    ([("pos", ["to run", "to walk"])], TypeError, r"has a list as its text; .*one request each: \[\(task, text\) for text in texts\]"),
+    ([("pos", "to run"), ("POS", "to walk")], ValueError, "request 1 asks for unknown task 'POS'; this predictor serves: sentiment"),
+])
+def test_predict_refuses_each_malformed_request_clearly(predictor, requests, error, message):
+    with pytest.raises(error, match=message):
+        predictor.predict(requests)
+
+
+@pytest.mark.parametrize("batch_size, error, message", [
+    (0, ValueError, "batch_size must be >= 1, got 0"),
+    (-4, ValueError, "batch_size must be >= 1, got -4"),
+    (True, TypeError, "batch_size must be an int >= 1, got bool True"),
+    (2.0, TypeError, "batch_size must be an int >= 1, got float 2.0"),
+    ("8", TypeError, "batch_size must be an int >= 1, got str '8'"),
+])
+def test_predict_refuses_a_bad_batch_size(predictor, batch_size, error, message):
+    with pytest.raises(error, match=message):
+        predictor.predict([("pos", "to run")], batch_size=batch_size)
+
+
+def test_predict_still_takes_tuples_lists_and_numpy_batch_sizes(predictor):
+    import numpy as np
+
+    requests = [("pos", "to run"), ["sentiment", "It worked."], ("supersense", "")]
+    expected = predictor.predict(requests)
+    assert [p.task for p in predictor.predict(tuple(requests), batch_size=np.int64(2))] == ["pos", "sentiment", "supersense"]
+    for one_by_one, together in zip(predictor.predict(tuple(requests), batch_size=1), expected):
+        torch.testing.assert_close(one_by_one.logits, together.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_the_predictor_constructor_refuses_bad_arguments(predictor):
+    for truncation in ("cut", None, ["warn"]):
+        with pytest.raises(ValueError, match=r"truncation must be 'warn' \(cut and warn\) or 'error' \(refuse\)"):
+            MultiTaskPredictor(predictor.model, truncation=truncation)
+    with pytest.raises(TypeError, match="serves a MultiTaskPEFTModel on a TextEncoderTrunk, got HardSharingModel on a Linear"):
+        from mtl_tutorial.models import HardSharingModel
+
+        MultiTaskPredictor(HardSharingModel(nn.Linear(2, 2), {"pos": nn.Linear(2, 2)}))
+
+
+def test_read_task_file_refuses_what_is_not_a_task_file(tmp_path):
+    with pytest.raises(TypeError, match="path must be the path of a task file .* got dict"):
+        read_task_file({"pos": tmp_path / "pos.safetensors"})
+    with pytest.raises(IsADirectoryError, match="is a folder, not a task file"):
+        read_task_file(tmp_path)
+    with pytest.raises(FileNotFoundError, match="pos.safetensors: the file does not exist"):
+        read_task_file(tmp_path / "pos.safetensors")
