@@ -168,7 +168,12 @@ def test_chapters_10_and_08_borrow_the_runs_they_share_config_for_config():
 def test_committed_results_were_produced_by_committed_code(name):
     rows = read_rows(ROOT / "notebooks" / "results" / name)
     assert rows and all(row["code_changed"] is False for row in rows), f"{name}: a run with uncommitted code"
-    for commit in {row["commit"] for row in rows}:
+    commits = {row["commit"] for row in rows}
+    assert all(isinstance(c, str) and len(c) == 40 for c in commits), f"{name}: a run without a git commit: {commits}"
+    shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT, capture_output=True, text=True)
+    if shallow.stdout.strip() == "true":
+        return   # a shallow clone lacks the older commits; the full history is checked where it exists
+    for commit in commits:
         known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True)
         assert known.returncode == 0, f"{name}: commit {commit} is not in this repository's history"
 
