@@ -123,8 +123,12 @@ def doctor(args: argparse.Namespace) -> int:
     from mtl_tutorial.chapters import project_root
 
     try:
-        root = project_root()
-        ok("notebooks", f"{len(list((root / 'notebooks').glob('*.ipynb')))} chapters in {root / 'notebooks'}")
+        notebooks = project_root().resolve() / "notebooks"
+        try:  # no absolute paths: doctor's output gets pasted into issues
+            where = f"{notebooks.relative_to(Path.cwd().resolve()).as_posix()}/"
+        except ValueError:
+            where = "notebooks/ of the course folder"
+        ok("notebooks", f"{len(list(notebooks.glob('*.ipynb')))} chapters in {where}")
     except FileNotFoundError as err:
         problem("notebooks", str(err))
 

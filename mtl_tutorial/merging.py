@@ -17,7 +17,10 @@ vector). Our task arithmetic equals peft's ``add_weighted_adapter`` with ``combi
 (and ``"svd"`` at full rank); peft's ``"linear"`` merges the A's and the B's separately,
 (Σ √λ_t B_t)(Σ √λ_t A_t), which adds cross terms B_s A_t and is *not* task arithmetic for two or more
 tasks. Our TIES equals peft's ``"ties_svd"`` at full rank (peft's ``"ties"`` also works on A and B
-separately). ``tests/test_merging.py`` checks all of this against peft.
+separately) for two or more task vectors. With a single one, peft's ``add_weighted_adapter``
+switches to ``"linear"`` whatever ``combination_type`` says and skips trimming: it returns λ ΔW,
+while ``ties_merge([ΔW], [λ], density)`` trims, so the two differ for density < 1 (at density 1 both
+give λ ΔW). ``tests/test_merging.py`` checks all of this against peft.
 
 Layout: the merge rules on dicts of tensors (pure functions), then reading the task vectors out of
 a ``MultiTaskLoRAModel`` and building the merged model.
@@ -112,7 +115,8 @@ def ties_merge(
     sign_method: str = "total",
 ) -> dict[str, torch.Tensor]:
     """TIES-merging per layer (Yadav et al. 2023): trim to ``density``, elect the sign, average the
-    agreeing entries; weights λ_t scale the trimmed task vectors before the average (as in peft)."""
+    agreeing entries; weights λ_t scale the trimmed task vectors before the average (as in peft).
+    One task vector is trimmed too (λ · trim(ΔW)); peft does not trim a single adapter (module docstring)."""
     weights = _check_task_vectors(task_vectors, weights)
     _check_density(density)
     if sign_method not in ("total", "frequency"):

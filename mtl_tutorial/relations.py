@@ -22,7 +22,17 @@ How it differs from the paper: TAG computes Z at every training step on that ste
 optimizer's own update. ``TaskAffinity`` runs as (part of) ``train``'s ``eval_fn`` every
 ``eval_every`` steps, on a fresh random batch of each task's training data, with a plain SGD
 lookahead of size ``lr``; the model's parameters are never changed (the lookahead is a
-``torch.func.functional_call`` with the stepped parameters).
+``torch.func.functional_call`` with the stepped parameters). Two conventions differ from TAG's code
+(google-research/tag, e.g. ``celeba/CelebA.ipynb``), so its numbers and ours are not comparable as is:
+
+- *scale*: TAG's code divides by the learning rate, (1 − L_after / L_before) / η, a rate per unit
+  step; our Z is not divided, so TAG's value is ours / η (ours ≈ η g_i·g_j / L_j, theirs ≈ g_i·g_j / L_j).
+  Dividing by η changes no sign and, at one η, no ranking; it matters when values at different η, or
+  TAG's published values, are set next to ours.
+- *mode*: as ``train``'s ``eval_fn``, ``TaskAffinity`` sees the model in eval mode (``train`` calls
+  ``model.eval()`` first; ``lookahead_affinity`` keeps whatever mode the model is in), so dropout is
+  off and batch norm uses its running statistics in both losses. TAG's code runs the lookahead in
+  train mode (``training=True``), so dropout noise and batch statistics enter its losses.
 
 Whether a predicted partner really helps is then a paired comparison over seeds
 (``mtl_tutorial.evidence``). Layout: the argument checks, the one-batch affinity, the tracker for

@@ -109,6 +109,21 @@ def test_adversarial_objective_adds_both_weighted_terms_and_logs_them():
         objective(losses, model=nn.Linear(2, 2))
 
 
+def test_default_weights_fit_our_raw_penalty_not_the_public_codes_normalised_one():
+    objective = AdversarialObjective()
+    assert (objective.adversarial_weight, objective.orthogonality_weight) == (0.05, 1e-6)
+    # the docstring's formula: the public code's penalty is ours on centred, row-normalised features / (H_s · H_p)
+    torch.manual_seed(0)
+    shared, private = torch.randn(64, 6).exp(), torch.randn(64, 4).relu()
+
+    def centred_unit(features):
+        return nn.functional.normalize(features - features.mean(0), dim=1)
+
+    public = (centred_unit(private).T @ centred_unit(shared)).pow(2).mean()
+    torch.testing.assert_close(public, orthogonality_penalty(centred_unit(shared), centred_unit(private)) / (6 * 4))
+    assert orthogonality_penalty(shared, private) > 100 * public  # raw sums of uncentred features: far larger
+
+
 def test_trained_with_the_course_loop_the_discriminator_reads_separable_tasks_without_reversal():
     torch.manual_seed(0)
     data = {"a": (torch.randn(64, 5) + 2.0, torch.randint(0, 4, (64,))), "b": (torch.randn(64, 5) - 2.0, torch.randint(0, 2, (64,)))}

@@ -3,6 +3,7 @@ import hashlib
 import importlib.metadata as metadata
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,18 +27,21 @@ from mtl_tutorial.chapters import (
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CLI = [sys.executable, "-m", "mtl_tutorial.cli"]  # the command through this interpreter: no activated environment needed
 
 
 def test_every_verb_has_help():
     for verb in ([], ["doctor"], ["list"], ["run"], ["bench"], ["assign"], ["grade"]):
-        result = subprocess.run(["mtl-tutorial", *verb, "--help"], capture_output=True, text=True)
+        result = subprocess.run([*CLI, *verb, "--help"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert "usage: mtl-tutorial" in result.stdout
 
 
 def test_doctor_passes_offline_and_reports_the_backbone():
-    result = subprocess.run(["mtl-tutorial", "doctor"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*CLI, "doctor"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok       notebooks              {len(list((ROOT / 'notebooks').glob('*.ipynb')))} chapters in notebooks/\n" in result.stdout
+    assert not [line for line in result.stdout.splitlines() if str(ROOT) in line]  # no absolute paths to paste into issues
     assert "all-MiniLM-L6-v2: 22.7M parameters, loaded in" in result.stdout
     assert "PROBLEM" not in result.stdout
     for package in ("torch", "transformers", "peft", "jupyterlab", "ipywidgets", "nbval"):
@@ -61,6 +65,14 @@ def test_doctor_flags_a_missing_package_and_a_bad_mode(monkeypatch, capsys):
     assert "PROBLEM  peft" in out and "pip install 'peft>=" in out
     assert "PROBLEM  mode" in out
     assert "2 problem(s): peft, mode" in out
+
+
+def test_doctor_outside_the_course_folder_names_no_absolute_path(monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "chapters in notebooks/ of the course folder" in out
+    assert not [line for line in out.splitlines() if str(ROOT) in line]
 
 
 def test_doctor_flags_a_version_outside_the_range(monkeypatch, capsys):
@@ -118,7 +130,7 @@ def _digest(folder: Path) -> str:
 def test_run_fast_00_prints_the_timing_table_and_leaves_notebooks_alone(tmp_path):
     before = _digest(ROOT / "notebooks")
     result = subprocess.run(
-        ["mtl-tutorial", "run", "--fast", "--output", str(tmp_path), "00"],
+        [*CLI, "run", "--fast", "--output", str(tmp_path), "00"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -133,7 +145,7 @@ def test_run_stops_at_the_failing_cell_with_exit_1(tmp_path):
     shutil.copy(FIXTURES / "broken_chapter.ipynb", notebook)
     out_dir = tmp_path / "out"
     result = subprocess.run(
-        ["mtl-tutorial", "run", "--fast", "--output", str(out_dir), str(notebook)],
+        [*CLI, "run", "--fast", "--output", str(out_dir), str(notebook)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 1
@@ -145,7 +157,7 @@ def _run_fixture(tmp_path, name, *options):
     notebook = tmp_path / name
     shutil.copy(FIXTURES / name, notebook)
     result = subprocess.run(
-        ["mtl-tutorial", "run", *options, "--output", str(tmp_path / "out"), str(notebook)],
+        [*CLI, "run", *options, "--output", str(tmp_path / "out"), str(notebook)],
         capture_output=True, text=True, timeout=300,
     )
     return result, tmp_path / "out" / name

@@ -9,6 +9,7 @@ student versions in-process, two at a time.
 import json
 import re
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,9 +69,11 @@ def commands(tmp_path_factory):
     nbformat.write(notebook, folder / "06_crash.ipynb")
     paths = [str(SUBMISSIONS / name) for name in MISTAKES] + [str(folder / "06_crash.ipynb")]
     started = {
-        "grade": subprocess.Popen(["mtl-tutorial", "grade", *paths], cwd=ROOT, text=True,
+        # through this interpreter, not a console script on PATH: no activated environment needed
+        "grade": subprocess.Popen([sys.executable, "-m", "mtl_tutorial.cli", "grade", *paths], cwd=ROOT, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE),
-        "validate": subprocess.Popen(["nbgrader", "validate", *map(str, SOURCES)], cwd=ROOT / "notebooks" / "assignments",
+        "validate": subprocess.Popen([sys.executable, "-m", "nbgrader", "validate", *map(str, SOURCES)],
+                                     cwd=ROOT / "notebooks" / "assignments",
                                      text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE),
     }
     finished = {}

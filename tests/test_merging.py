@@ -153,6 +153,24 @@ def test_ties_equals_peft_ties_svd_at_full_rank(density, sign_method):
         torch.testing.assert_close(ours[name], delta, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("combination_type", ["ties", "ties_svd"])
+def test_with_one_adapter_peft_falls_back_to_linear_and_does_not_trim(combination_type):
+    model = trained_toy(seed=2)
+    task_vector = lora_task_vector(model, "pos")
+    peft_model = peft_with_task_adapters(model)
+    peft_model.add_weighted_adapter(["pos"], [1.0], "ties1", combination_type=combination_type, svd_rank=5,
+                                    density=0.5, majority_sign_method="total")
+    peft_result = by_layer_end(peft_deltas(peft_model, "ties1"))
+    ours = ties_merge([task_vector], [1.0], density=0.5)
+    for name, delta in peft_result.items():
+        torch.testing.assert_close(delta, task_arithmetic([task_vector], [1.0])[name], atol=1e-5, rtol=1e-5)  # ΔW, untrimmed
+        torch.testing.assert_close(ours[name], trim_to_density(task_vector[name], 0.5))
+        assert (ours[name] == 0).sum() >= task_vector[name].numel() // 2  # ours trims half of ΔW away, peft none
+        assert (ours[name] - delta).abs().max() > 0.1
+    torch.testing.assert_close(ties_merge([task_vector], [1.0], density=1.0)["query"], peft_result["query"],
+                               atol=1e-5, rtol=1e-5)  # without trimming the two agree
+
+
 def test_merged_model_computes_W0_plus_the_merged_delta_and_leaves_the_source_alone():
     model = trained_toy()
     x = torch.randn(7, 6)
