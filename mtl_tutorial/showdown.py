@@ -287,14 +287,14 @@ def showdown_table(rows: Sequence[ShowdownRow], majority: Mapping[str, float] | 
     trainable parameters (% of the backbone), MB of one task's file, ms per step, peak MB of a step
     (MB = 10⁶ bytes), and footnotes that say what the cost columns charge:
 
-    - ``*`` (full fine-tuning, shared LoRA, prompt tuning): the method trains one body shared by the tasks, and each task's file
+    - ``*`` (full fine-tuning, shared LoRA, prompt tuning, the article's adapters): one body shared by the tasks, and each task's file
       holds all of it (the shared weights are not split between the tasks);
     - ``†`` (``FROZEN``): ms/step and peak MB are the heads' alone; the backbone pass that computed
       the features once beforehand is not in them.
 
     majority: task -> accuracy of always predicting the most frequent training class (a first row).
     with_scores: False leaves the accuracy columns out (the costs alone, beside ``evidence.score_table``)."""
-    shared_methods = ("full fine-tuning", "shared LoRA r=8", "prompt tuning")  # one trained body for all tasks
+    shared_methods = ("full fine-tuning", "shared LoRA r=8", "prompt tuning", ARTICLE_ADAPTERS)  # one body for all tasks
     methods = list(dict.fromkeys(row.method for row in rows))
     tasks = list(rows[0].scores)
 
@@ -305,11 +305,12 @@ def showdown_table(rows: Sequence[ShowdownRow], majority: Mapping[str, float] | 
         return f"{100 * interval.mean:.1f} ± {100 * interval.std:.1f}"
 
     score_columns = tasks + ["mean"] if with_scores else []
-    header = f"{'method':<20}" + "".join(f"{column:>15}" for column in score_columns) + \
+    width = max(20, *(len(method) + 1 for method in methods))
+    header = f"{'method':<{width}}" + "".join(f"{column:>15}" for column in score_columns) + \
         f"{'trainable':>24}{'MB/task file':>14}{'ms/step':>9}{'peak MB':>10}"
     lines = [header]
     if majority is not None and with_scores:
-        lines.append(f"{'majority class':<20}" + "".join(f"{100 * majority[task]:>15.1f}" for task in tasks)
+        lines.append(f"{'majority class':<{width}}" + "".join(f"{100 * majority[task]:>15.1f}" for task in tasks)
                      + f"{100 * statistics.mean(majority[task] for task in tasks):>15.1f}")
     for method in methods:
         mine = [row for row in rows if row.method == method]
@@ -318,7 +319,7 @@ def showdown_table(rows: Sequence[ShowdownRow], majority: Mapping[str, float] | 
         scores = ("".join(f"{cell([row.scores[task] for row in mine]):>15}" for task in tasks)
                   + f"{cell([row.mean_score for row in mine]):>15}") if with_scores else ""
         lines.append(
-            f"{method:<20}" + scores
+            f"{method:<{width}}" + scores
             + f"{f'{first.trainable_parameters:,} ({100 * first.trainable_share:.2f} %)':>24}"
             + f"{statistics.mean(first.task_file_bytes.values()) / 1e6:>13.2f}{shared}"
             + f"{1000 * statistics.median(row.step_seconds for row in mine):>8.0f}{frozen}"
