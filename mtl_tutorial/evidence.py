@@ -187,7 +187,9 @@ def paired_power(n: int, difference_sd: float, delta: float, alpha: float = 0.05
     _check_level(alpha, "alpha", "e.g. 0.05")
     df, nc = n - 1, delta / difference_sd * math.sqrt(n)
     tc = stats.t.ppf(1 - alpha / 2, df)
-    return float(1 - stats.nct.cdf(tc, df, nc) + stats.nct.cdf(-tc, df, nc))
+    # each tail on its own (sf, not 1 − cdf); scipy returns nan for a tail too far out to matter: it is 0
+    upper, lower = (float(np.nan_to_num(tail, nan=0.0)) for tail in (stats.nct.sf(tc, df, nc), stats.nct.cdf(-tc, df, nc)))
+    return min(1.0, upper + lower)
 
 
 def seeds_for_power(

@@ -270,3 +270,11 @@ def test_names_must_be_a_pair_and_quantities_without_a_better_get_neutral_words(
     assert verdict(Interval(-0.1, -0.15, -0.05, 0.01, 3), ("λ_1", "λ_2"), higher_is_better=None) == "λ_2 higher"
     line = compare_paired([0.7, 0.8, 0.75], [0.6, 0.7, 0.66], ("cos 1", "cos 2"), higher_is_better=None)
     assert line.endswith(": cos 1 higher")
+
+
+def test_paired_power_stays_a_number_far_out_in_the_tails():
+    from mtl_tutorial.evidence import paired_power
+
+    assert paired_power(5, 0.56, 4.0) == pytest.approx(1.0, abs=1e-6)    # nc ≈ 16: scipy's lower tail is nan
+    assert paired_power(5, 0.56, -4.0) == pytest.approx(1.0, abs=1e-6)
+    assert 0.04 < paired_power(5, 1.0, 1e-9) < 0.06                      # no effect: the test's level
