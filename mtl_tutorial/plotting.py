@@ -438,44 +438,111 @@ def plot_seed_points(
 def plot_score_vs_parameters(rows: Sequence, baseline: float | None = None, ax: Axes | None = None) -> Axes:
     """Chapter 10's showdown at a glance: mean task score (%) against trainable parameters (log x).
 
-    rows: ``showdown.ShowdownRow`` s; one point per method at the mean over its seeds with a ± one
-    std bar, its area proportional to the median step time (the legend says the scale).
-    baseline: a score drawn as a dashed line (e.g. the majority class).
+    rows: ``showdown.ShowdownRow`` s; one point per method at the mean over its seeds, with the 95 %
+    interval of that mean (``evidence.mean_interval``; none with one seed). Methods with the same
+    parameter count are drawn side by side (shifted by a few per cent along x), not on top of each
+    other. The y-range is the methods' spread: ``baseline`` (e.g. the majority class) is written in
+    the corner instead of drawn as a line far below the points.
     """
+    from mtl_tutorial.evidence import mean_interval
+
     ax = _axes(ax, (7.5, 4.5))
     methods = list(dict.fromkeys(row.method for row in rows))
     if not methods:
         raise ValueError("rows is empty; pass the rows showdown() returned")
-    slowest = max(row.step_seconds for row in rows)
-    for method in methods:
+    markers = "osD^vP*Xph"
+    placed: dict[int, int] = {}
+    for k, method in enumerate(methods):
         mine = [row for row in rows if row.method == method]
         scores = 100 * np.array([row.mean_score for row in mine])
-        x, seconds = mine[0].trainable_parameters, float(np.median([row.step_seconds for row in mine]))
-        ax.errorbar(x, scores.mean(), yerr=scores.std(ddof=1) if len(scores) > 1 else None, fmt="none", ecolor="0.5", capsize=3)
-        ax.scatter(x, scores.mean(), s=40 + 400 * seconds / slowest, alpha=0.75, label=f"{method} ({1000 * seconds:.0f} ms/step)")
+        params = mine[0].trainable_parameters
+        x = params * 1.12 ** placed.get(params, 0)   # the second method at the same count sits 12 % to the right
+        placed[params] = placed.get(params, 0) + 1
+        if len(scores) > 1:
+            interval = mean_interval(scores)
+            yerr = [[interval.mean - interval.low], [interval.high - interval.mean]]
+        else:
+            yerr = None
+        ax.errorbar(x, scores.mean(), yerr=yerr, fmt=markers[k % len(markers)], markersize=7, capsize=3,
+                    label=f"{method} ({params:,})")
     if baseline is not None:
-        ax.axhline(100 * baseline, color="0.4", linestyle="--", linewidth=1)
-        ax.annotate("majority class", (ax.get_xlim()[0], 100 * baseline), textcoords="offset points", xytext=(4, 4),
-                    fontsize=8, color="0.3")
-    ax.set(xscale="log", xlabel="trainable parameters, all tasks (log scale)", ylabel="mean test accuracy over tasks (%)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="marker area ∝ step time", title_fontsize=8)
+        below = 100 * baseline < ax.get_ylim()[0]
+        ax.text(0.01, 0.01, f"majority class: {100 * baseline:.1f} %" + (" (below this range)" if below else ""),
+                transform=ax.transAxes, fontsize=8, color="0.3")
+    n = len({row.seed for row in rows})
+    ax.set(xscale="log", xlabel="trainable parameters, all tasks (log scale)",
+           ylabel=f"mean test accuracy over tasks (%)\nmean{' and 95 % interval' if n > 1 else ''}, {n} seed{'s' if n > 1 else ''}")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), title="method (trainable parameters)",
+              title_fontsize=8)
     return ax
 
 
-def plot_serving(results: Mapping[int, Mapping[str, Mapping[str, float]]], metric: str = "examples_per_s",
+def plot_serving(results: Mapping[int, Mapping[str, Mapping[str, float]]], metric: str = "ratio_to_ceiling",
                  ax: Axes | None = None) -> Axes:
-    """``{T: bench.serving_throughput(...)}`` against the number of tasks T, one line per set-up:
-    ``metric="examples_per_s"`` (throughput) or ``"memory_bytes"`` (weights held, in MB)."""
-    labels = {"examples_per_s": "examples per second", "memory_bytes": "weights in memory (MB)"}
+    """``{T: bench.serving_throughput(...)}`` against the number of tasks T, per set-up:
+
+    - ``"ratio_to_ceiling"``: each set-up's speed over the ceiling's in the same round, the geometric
+      mean over rounds with its 95 % interval as an error bar; points, not lines (a timing is not a
+      trend), set-ups side by side at each T, and a line at 1 (as fast as the ceiling);
+    - ``"examples_per_s"``: the median examples per second, points only;
+    - ``"memory_bytes"``: the weights held, in MB (10⁶ bytes, log scale), one line per way of serving
+      (the ceiling serves one task only and is left out), each with its own marker and dashes, so
+      lines that lie on each other stay visible.
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    labels = {"ratio_to_ceiling": "speed ÷ the ceiling's, same round\n(geometric mean, 95 % interval)",
+              "examples_per_s": "examples per second (median of rounds)", "memory_bytes": "weights in memory (MB)"}
     if metric not in labels:
         raise ValueError(f"metric must be one of: {', '.join(labels)}, got {metric!r}")
     ax = _axes(ax)
     counts = sorted(results)
-    scale = 1 / 2**20 if metric == "memory_bytes" else 1.0
-    for name in results[counts[0]]:
-        ax.plot(counts, [results[t][name][metric] * scale for t in counts], marker="o", label=name)
-    ax.set(xlabel="tasks served T", ylabel=labels[metric], xticks=counts)
+    names = [name for name in results[counts[0]] if not (metric != "examples_per_s" and name == "ceiling")]
+    positions = np.arange(len(counts), dtype=float)
+    width = 0.6 / max(1, len(names))
+    for k, name in enumerate(names):
+        entries = [results[t][name] for t in counts]
+        if metric == "memory_bytes":
+            ax.plot(positions, [e["memory_bytes"] / 1e6 for e in entries], marker="osD^v"[k % 5],
+                    linestyle=("-", "--", ":", "-.")[k % 4], markersize=8 - 2 * (k % 3), label=name)
+        elif metric == "examples_per_s":
+            ax.plot(positions + (k - (len(names) - 1) / 2) * width, [e["examples_per_s"] for e in entries], "o",
+                    label=name)
+        else:
+            ratios = np.array([e["ratio_to_ceiling"] for e in entries])
+            low = np.array([e["ratio_low"] for e in entries])
+            high = np.array([e["ratio_high"] for e in entries])
+            yerr = None if np.isnan(low).any() else [ratios - low, high - ratios]
+            ax.errorbar(positions + (k - (len(names) - 1) / 2) * width, ratios, yerr=yerr, fmt="o", capsize=3,
+                        label=name)
+    if metric == "ratio_to_ceiling":
+        ax.axhline(1.0, color="0.4", linestyle="--", linewidth=1, label="ceiling")
+    ax.set(xlabel="tasks served T", ylabel=labels[metric])
+    ax.set_xticks(positions, [str(t) for t in counts])
     if metric == "memory_bytes":
         ax.set_yscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.legend(fontsize=8)
+    return ax
+
+
+def plot_family(results: Sequence, unit: str = "pts", title: str | None = None, ax: Axes | None = None) -> Axes:
+    """Paired differences as horizontal intervals, one row per comparison (``evidence.family_intervals``):
+    primary comparisons black at 95 %, exploratory ones grey at their Holm-adjusted level; the line at
+    0 is "no difference", so an interval crossing it is "no measurable difference"."""
+    if not results:
+        raise ValueError("results is empty; pass what evidence.family_intervals returned")
+    ax = _axes(ax, (7.0, 0.45 * len(results) + 1.2))
+    for row, result in enumerate(results):
+        interval, primary = result.interval, result.role == "primary"
+        ax.errorbar(interval.mean, row, xerr=[[interval.mean - interval.low], [interval.high - interval.mean]],
+                    fmt="o", color="k" if primary else "0.55", capsize=3, markersize=4)
+    ax.axvline(0, color="tab:red", linewidth=1, linestyle="--")
+    ax.set_yticks(range(len(results)), [f"{r.comparison}{'  (primary)' if r.role == 'primary' else ''}" for r in results],
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"paired difference A − B ({unit}); black: primary, 95 %; grey: exploratory, Holm-adjusted",
+           title=title or "")
     return ax

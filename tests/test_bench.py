@@ -1,5 +1,8 @@
 """The benchmarks run and report their timings (ratios are measured, not asserted)."""
 
+import math
+
+import numpy as np
 import pytest
 from transformers import BertConfig, BertModel
 
@@ -199,18 +202,68 @@ def test_serving_throughput_reports_every_set_up_and_its_weights(serving_model):
     from mtl_tutorial.bench import serving_table, serving_throughput, state_bytes
 
     model, texts = serving_model
-    result = serving_throughput(model, texts, batch_size=6, num_batches=1, rounds=1)
+    result = serving_throughput(model, texts, batch_size=6, num_batches=1, rounds=2)
     assert list(result) == ["mixed batch", "merged per task", "swapping", "ceiling"]
-    assert all(entry["examples_per_s"] > 0 for entry in result.values())
+    assert all(entry["examples_per_s"] > 0 and entry["rounds"] == 2 for entry in result.values())
+    assert [result["ceiling"][key] for key in ("ratio_to_ceiling", "ratio_low", "ratio_high")] == [1.0, 1.0, 1.0]
+    for name in ("mixed batch", "merged per task", "swapping"):
+        assert 0 < result[name]["ratio_low"] <= result[name]["ratio_to_ceiling"] <= result[name]["ratio_high"]
     one_copy = result["ceiling"]["memory_bytes"]
     assert result["merged per task"]["memory_bytes"] == 3 * one_copy  # a merged backbone per task
     assert result["mixed batch"]["memory_bytes"] == state_bytes(model) < 1.1 * one_copy
     assert one_copy < result["swapping"]["memory_bytes"] < 1.2 * one_copy
+    # a batch split by task pads each part to its own longest text: never more tokens than the whole batch
+    assert result["merged per task"]["padded_tokens"] == result["swapping"]["padded_tokens"]
+    assert 0 < result["swapping"]["padded_tokens"] <= result["mixed batch"]["padded_tokens"] == result["ceiling"]["padded_tokens"]
+    assert 0 < result["swapping"]["rewrite_share"] < 1   # T = 3 tasks: each round rewrites the weights for each part
+    assert "rewrite_share" not in result["mixed batch"]
     lines = serving_table({3: result}).splitlines()
-    assert lines[0].split() == ["T", "set-up", "examples/s", "×", "ceiling", "weights", "MB"]
-    assert lines[4].split()[-2] == "1.00" and lines[4].split()[1] == "ceiling"
+    assert lines[-2].startswith("swapping: rewriting the weights took ") and lines[-2].endswith("at T = 3 (median of the rounds)")
+    assert lines[0].split()[:6] == ["T", "set-up", "examples/s", "×", "ceiling", "[95"]
+    assert lines[4].split()[1:2] == ["ceiling"] and "1.000 [1.000, 1.000]" in lines[4] and "reference" in lines[4]
+    assert "median of 2 timed rounds" in lines[-1] and "MB = 10^6 bytes" in lines[-1]
+    one_round = serving_throughput(model, texts, batch_size=6, num_batches=1, rounds=1)
+    assert math.isnan(one_round["swapping"]["ratio_low"]) and "no interval (1 round)" in serving_table({3: one_round})
     with pytest.raises(ValueError, match="must be >= 1"):
         serving_throughput(model, texts, batch_size=0)
+
+
+def test_paired_speed_ratio_is_the_geometric_mean_over_rounds_with_a_t_interval_on_the_log_scale():
+    from mtl_tutorial.bench.serving import paired_speed_ratio
+    from mtl_tutorial.evidence import mean_interval
+
+    # the machine slows down in round 2 for both: the ratio of each round is what counts, exactly 1/2 here
+    ratio, low, high = paired_speed_ratio([2.0, 4.0, 2.0], [1.0, 2.0, 1.0])
+    assert (ratio, low, high) == (pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.5))
+    seconds, reference = [1.0, 1.0, 1.0, 1.0], [0.8, 1.25, 1.0, 1.1]
+    ratio, low, high = paired_speed_ratio(seconds, reference)
+    logs = mean_interval(np.log(reference))
+    assert ratio == pytest.approx(math.exp(logs.mean)) and ratio == pytest.approx((0.8 * 1.25 * 1.1) ** 0.25)
+    assert (low, high) == (pytest.approx(math.exp(logs.low)), pytest.approx(math.exp(logs.high)))
+    assert low < 1 < high   # an interval over 1: no measurable difference
+    one = paired_speed_ratio([2.0], [1.0])
+    assert one[0] == 0.5 and math.isnan(one[1]) and math.isnan(one[2])
+    with pytest.raises(ValueError, match="same number"):
+        paired_speed_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="must be > 0"):
+        paired_speed_ratio([1.0, 0.0], [1.0, 1.0])
+
+
+def test_serving_table_words_follow_the_intervals():
+    from mtl_tutorial.bench.serving import ratio_verdict, serving_table
+
+    def entry(ratio, low, high):
+        return {"examples_per_s": 100.0 * ratio, "ratio_to_ceiling": ratio, "ratio_low": low, "ratio_high": high,
+                "rounds": 6, "padded_tokens": 1_000, "memory_bytes": 2_000_000}
+
+    result = {"mixed batch": entry(0.9, 0.85, 0.95), "merged per task": entry(1.05, 0.97, 1.13),
+              "swapping": entry(1.2, 1.1, 1.3), "ceiling": entry(1.0, 1.0, 1.0)}
+    assert [ratio_verdict(e) for e in result.values()] == ["slower", "no measurable difference", "faster", "reference"]
+    lines = serving_table({8: result}).splitlines()
+    assert lines[1].split()[:6] == ["8", "mixed", "batch", "90.0", "0.900", "[0.850,"]
+    assert lines[1].split()[-2:] == ["1,000", "2.0"]   # padded tokens, MB of weights (10^6 bytes)
+    assert "no measurable difference" in lines[2] and "faster" in lines[3]
+    assert "median of 6 timed rounds" in lines[-1]
 
 
 def test_ddp_throughput_times_one_and_two_processes_on_the_same_global_batches():
@@ -262,10 +315,13 @@ def test_main_ddp_prints_the_table_with_the_load_and_says_when_there_is_no_gpu(m
     assert "0.50" in out and "no CUDA GPU" in out
 
 
-def test_main_serve_prints_the_table_and_the_ratios_at_8_tasks(monkeypatch, capsys):
+def test_main_serve_prints_the_table_with_paired_ratios_and_the_ratios_at_8_tasks(monkeypatch, capsys):
     def fake_throughput(model, texts, batch_size, num_batches):
-        speeds = {"mixed batch": 90.0, "merged per task": 100.0, "swapping": 60.0, "ceiling": 100.0}
-        return {name: {"examples_per_s": speed, "memory_bytes": 2**20} for name, speed in speeds.items()}
+        speeds = {"mixed batch": (90.0, 0.85, 0.95), "merged per task": (100.0, 0.9, 1.1), "swapping": (60.0, 0.55, 0.65),
+                  "ceiling": (100.0, 1.0, 1.0)}
+        return {name: {"examples_per_s": speed, "ratio_to_ceiling": speed / 100, "ratio_low": low, "ratio_high": high,
+                       "rounds": 5, "padded_tokens": 640, "memory_bytes": 2**20}
+                for name, (speed, low, high) in speeds.items()}
 
     monkeypatch.setattr("mtl_tutorial.bench.load_backbone", lambda: ("backbone", "tokenizer"))
     monkeypatch.setattr("mtl_tutorial.bench.serving_setup", lambda num_tasks, **kwargs: (num_tasks, ["text"]))
@@ -273,5 +329,10 @@ def test_main_serve_prints_the_table_and_the_ratios_at_8_tasks(monkeypatch, caps
     assert main(["serve", "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "2 batches per round" in out and out.count("ceiling") >= 4
+    table = [line for line in out.splitlines() if line.lstrip().startswith("8 ")]
+    assert [line.split()[1] for line in table] == ["mixed", "merged", "swapping", "ceiling"]
+    assert "0.900 [0.850, 0.950]" in table[0] and "slower" in table[0]
+    assert "1.000 [0.900, 1.100]" in table[1] and "no measurable difference" in table[1]
+    assert "median of 5 timed rounds" in out
     assert ("T = 8: mixed batch / ceiling = 0.90 (goal ≥ 0.80); mixed batch / swapping = 1.50 (goal > 1); "
             "mixed batch / merged per task = 0.90") in out

@@ -248,37 +248,70 @@ def test_the_course_wide_figure_resolution_applies_to_new_figures():
     assert plot_task_mix({"a": 10, "b": 5}, 2.0).figure.dpi == FIGURE_DPI
 
 
-def test_score_vs_parameters_puts_each_method_at_its_mean_on_a_log_axis():
+def test_score_vs_parameters_puts_each_method_at_its_mean_with_its_interval_on_a_log_axis():
+    from mtl_tutorial.evidence import mean_interval
     from mtl_tutorial.showdown import ShowdownRow
 
-    def row(method, seed, score, params, seconds):
-        return ShowdownRow(method, seed, {"a": score, "b": score}, params, 1000, {"a": 1, "b": 1}, seconds, 1, "cpu torch profiler")
+    def row(method, seed, score, params):
+        return ShowdownRow(method, seed, {"a": score, "b": score}, params, 1000, {"a": 1, "b": 1}, 0.1, 1, "cpu torch profiler")
 
-    rows = [row("LoRA", 0, 0.6, 100, 0.2), row("LoRA", 1, 0.8, 100, 0.4), row("full", 0, 0.5, 10_000, 1.0)]
+    rows = [row("LoRA", 0, 0.6, 100), row("LoRA", 1, 0.8, 100), row("LoRA", 2, 0.7, 100),
+            row("shared", 0, 0.5, 100), row("shared", 1, 0.55, 100), row("shared", 2, 0.6, 100),
+            row("full", 0, 0.5, 10_000), row("full", 1, 0.52, 10_000), row("full", 2, 0.54, 10_000)]
     ax = plot_score_vs_parameters(rows, baseline=0.25)
     assert ax.get_xscale() == "log"
-    from matplotlib.collections import PathCollection
-
-    scatters = [collection for collection in ax.collections if isinstance(collection, PathCollection)]
-    points = [collection.get_offsets()[0].tolist() for collection in scatters]
-    assert points == [[100.0, pytest.approx(70.0)], [10_000.0, pytest.approx(50.0)]]
-    sizes = [collection.get_sizes()[0] for collection in scatters]
-    assert sizes[0] < sizes[1]  # the slower method has the larger marker
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["LoRA (300 ms/step)", "full (1000 ms/step)"]
-    assert ax.lines[-1].get_ydata()[0] == 25.0  # the majority line, drawn last
+    points = [container.lines[0].get_xydata()[0].tolist() for container in ax.containers]   # each method's mean
+    assert points[0] == [100.0, pytest.approx(70.0)]
+    assert points[1][0] == pytest.approx(112.0) and points[1][1] == pytest.approx(55.0)  # same count: moved aside
+    assert points[2] == [10_000.0, pytest.approx(52.0)]
+    caps = ax.containers[0].lines[2][0].get_segments()[0]   # the error bar of the first method: its 95 % interval
+    interval = mean_interval([60.0, 80.0, 70.0])
+    assert caps[:, 1].tolist() == [pytest.approx(interval.low), pytest.approx(interval.high)]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["LoRA (100)", "shared (100)", "full (10,000)"]
+    assert ax.get_ylim()[0] > 30   # the spread: not from 0, not stretched down to the majority class (25 %)
+    assert [t.get_text() for t in ax.texts] == ["majority class: 25.0 % (below this range)"]
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="rows is empty"):
         plot_score_vs_parameters([])
 
 
-def test_plot_serving_draws_one_line_per_set_up_against_the_task_count():
-    results = {t: {"mixed batch": {"examples_per_s": 10.0 * t, "memory_bytes": 2**20},
-                   "merged per task": {"examples_per_s": 5.0 * t, "memory_bytes": t * 2**20}} for t in (1, 2, 4)}
+def test_plot_serving_draws_ratios_with_intervals_points_not_lines_and_memory_as_lines():
+    def entry(t, ratio):
+        return {"examples_per_s": 10.0 * t, "ratio_to_ceiling": ratio, "ratio_low": ratio - 0.1, "ratio_high": ratio + 0.05,
+                "rounds": 5, "padded_tokens": 100, "memory_bytes": t * 1e6}
+
+    results = {t: {"mixed batch": entry(t, 0.9), "merged per task": entry(t, 1.1), "ceiling": entry(1, 1.0)} for t in (1, 2, 4)}
     ax = plot_serving(results)
-    assert [line.get_label() for line in ax.lines] == ["mixed batch", "merged per task"]
-    assert ax.lines[0].get_xydata().tolist() == [[1, 10.0], [2, 20.0], [4, 40.0]]
+    assert [c.get_label() for c in ax.containers] == ["mixed batch", "merged per task"]   # the ceiling is the line at 1
+    data = ax.containers[0].lines[0]
+    assert data.get_linestyle() == "None" and data.get_ydata().tolist() == [0.9, 0.9, 0.9]   # points, no trend line
+    low, high = ax.containers[0].lines[2][0].get_segments()[0][:, 1]
+    assert (low, high) == (pytest.approx(0.8), pytest.approx(0.95))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+    assert any(line.get_ydata()[0] == 1.0 and line.get_label() == "ceiling" for line in ax.lines)
     memory = plot_serving(results, "memory_bytes")
+    assert [line.get_label() for line in memory.lines] == ["mixed batch", "merged per task"]   # ways of serving T tasks
     assert memory.lines[1].get_ydata().tolist() == [1.0, 2.0, 4.0] and memory.get_yscale() == "log"
+    assert memory.lines[0].get_linestyle() != memory.lines[1].get_linestyle()   # lines on top of each other stay visible
+    throughput = plot_serving(results, "examples_per_s")
+    assert all(line.get_linestyle() == "None" for line in throughput.lines)
     plt.close("all")
     with pytest.raises(ValueError, match="metric must be one of"):
         plot_serving(results, "latency")
+
+
+def test_plot_family_draws_one_interval_per_comparison_primary_in_black():
+    from mtl_tutorial.evidence import Comparison, family_intervals
+    from mtl_tutorial.plotting import plot_family
+
+    scores = {"A": {"t": [0.80, 0.82, 0.81]}, "B": {"t": [0.70, 0.71, 0.69]}, "C": {"t": [0.79, 0.83, 0.80]}}
+    results = family_intervals(scores, [Comparison("C", "B"), Comparison("C", "A")], primary=[Comparison("A", "B")])
+    ax = plot_family(results)
+    labels = [tick.get_text() for tick in ax.get_yticklabels()]
+    assert labels == ["A − B (mean)  (primary)", "C − B (mean)", "C − A (mean)"]
+    bars = [child for child in ax.containers]
+    assert len(bars) == 3 and bars[0].lines[0].get_color() == "k" and bars[1].lines[0].get_color() == "0.55"
+    assert bars[0].lines[0].get_xdata()[0] == pytest.approx(results[0].interval.mean)
+    plt.close(ax.figure)
+    with pytest.raises(ValueError, match="family_intervals"):
+        plot_family([])
