@@ -4,7 +4,8 @@ The printed verdict depends only on whether max |ours - reference| is within ``a
 difference itself, so a checked notebook output reads the same on every machine and thread count
 (the last bits of a matmul move with the number of threads; a tolerance of 1e-5 does not).
 
-Also the argument checks that every floor shares (``check_task_data``, ``check_batch_size``): the
+Also the argument checks that every floor shares (``check_task_data``, ``check_batch_size``,
+``check_count``, ``is_real_number``): the
 data module, the loop and the methods (``relations``) check a task's data the same way, and a method
 may not import the data module (DESIGN.md, "Architecture").
 """
@@ -12,6 +13,7 @@ may not import the data module (DESIGN.md, "Architecture").
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Literal, Mapping
 
 import torch
@@ -96,3 +98,17 @@ def check_batch_size(batch_size: int) -> None:
     """Raise unless ``batch_size`` is a positive int (not a bool)."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> None:
+    """Raise unless ``value`` is an int >= ``minimum`` (a bool is not a count): TypeError for the type,
+    ValueError for the value, both naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def is_real_number(value: Any) -> bool:
+    """A real number (Python or numpy) that is not a bool: True is not a weight."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

@@ -37,24 +37,15 @@ from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from mtl_tutorial.checks import check_count, is_real_number
+
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Params = dict[str, torch.Tensor]
 
 
-def _check_count(name: str, value: Any, minimum: int = 1) -> None:
-    """Raise unless ``value`` is an int >= ``minimum`` (a bool is not a count)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
 
 def _check_meta_lr(meta_lr: Any) -> None:
-    if not _is_number(meta_lr) or not (math.isfinite(meta_lr) and meta_lr > 0):
+    if not is_real_number(meta_lr) or not (math.isfinite(meta_lr) and meta_lr > 0):
         raise ValueError(
             f"meta_lr must be a finite number > 0, got {meta_lr!r}: Reptile's θ ← θ + ε · mean(θ' − θ) with "
             f"ε <= 0 stands still or moves θ away from the adapted weights, and first-order MAML's optimizer "
@@ -171,7 +162,7 @@ def inner_loop(
 
 
 def _check_inner(steps: Any, lr: Any) -> None:
-    if not isinstance(steps, int) or isinstance(steps, bool) or not _is_number(lr):
+    if not isinstance(steps, int) or isinstance(steps, bool) or not is_real_number(lr):
         raise TypeError(
             f"the inner loop needs an int number of steps and a number lr, got {type(steps).__name__} {steps!r} "
             f"and {type(lr).__name__} {lr!r}"
@@ -294,8 +285,8 @@ def meta_train(
             f"sample_episode must be a function rng -> Episode (e.g. SinusoidTasks()), got "
             f"{type(sample_episode).__name__}"
         )
-    _check_count("num_steps", num_steps)
-    _check_count("meta_batch_size", meta_batch_size)
+    check_count("num_steps", num_steps)
+    check_count("meta_batch_size", meta_batch_size)
     _check_inner(inner_steps, inner_lr)
     _check_meta_lr(meta_lr)
     if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
@@ -318,15 +309,15 @@ class SinusoidTasks:
     x ~ U[−5, 5]; each call draws a task with ``k_shot`` support and ``query_size`` query points."""
 
     def __init__(self, k_shot: int = 10, query_size: int = 10) -> None:
-        _check_count("k_shot", k_shot)
-        _check_count("query_size", query_size)
+        check_count("k_shot", k_shot)
+        check_count("query_size", query_size)
         self.k_shot, self.query_size = k_shot, query_size
 
     @staticmethod
     def draw(rng: np.random.Generator, num_points: int) -> tuple[torch.Tensor, torch.Tensor, float, float]:
         """(x (n, 1), y (n, 1), A, φ) of one random task."""
         _check_rng(rng)
-        _check_count("num_points", num_points)
+        check_count("num_points", num_points)
         amplitude, phase = rng.uniform(0.1, 5.0), rng.uniform(0.0, math.pi)
         x = rng.uniform(-5.0, 5.0, size=(num_points, 1))
         return torch.tensor(x, dtype=torch.float32), torch.tensor(amplitude * np.sin(x - phase), dtype=torch.float32), amplitude, phase
@@ -344,7 +335,7 @@ def few_shot_support(labels: torch.Tensor, k_per_class: int, rng: np.random.Gene
         raise ValueError(
             f"labels must be a non-empty (N,) tensor, one class per example, got shape {tuple(labels.shape)}"
         )
-    _check_count("k_per_class", k_per_class)
+    check_count("k_per_class", k_per_class)
     _check_rng(rng)
     chosen = []
     for c in torch.unique(labels).tolist():
@@ -370,9 +361,9 @@ class ClassificationEpisodes:
             raise TypeError(f"tasks must be a dict {{task: (inputs, labels)}}, got {type(tasks).__name__}")
         if not tasks:
             raise ValueError("tasks is empty; pass {task: (inputs, labels)} of the meta-training tasks")
-        _check_count("feature_dim", feature_dim)
-        _check_count("k_per_class", k_per_class)
-        _check_count("query_per_class", query_per_class)
+        check_count("feature_dim", feature_dim)
+        check_count("k_per_class", k_per_class)
+        check_count("query_per_class", query_per_class)
         self.tasks, self.feature_dim = dict(tasks), feature_dim
         self.k_per_class, self.query_per_class = k_per_class, query_per_class
         for name, pair in self.tasks.items():
@@ -407,8 +398,8 @@ class ClassificationEpisodes:
 def zero_head(feature_dim: int, num_classes: int) -> nn.Linear:
     """A linear head with zero weights and bias: every class starts equally likely, so the first inner
     steps are driven by the features alone."""
-    _check_count("feature_dim", feature_dim)
-    _check_count("num_classes", num_classes)
+    check_count("feature_dim", feature_dim)
+    check_count("num_classes", num_classes)
     head = nn.Linear(feature_dim, num_classes)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)

@@ -45,27 +45,16 @@ weighting that adds it), cross-stitch, the experts (MMoE, PLE), the read-outs th
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from mtl_tutorial.checks import check_count, is_real_number
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.objectives import weighted_sum
 
 
-def _check_count(name: str, value: Any, minimum: int = 1) -> None:
-    """Raise unless ``value`` is an int >= ``minimum`` (a bool is not a count)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
-def _is_number(value: Any) -> bool:
-    """A real number (Python or numpy) that is not a bool: True is not a weight."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_mapping(what: str, value: Any, example: str) -> None:
@@ -102,7 +91,7 @@ class TaskRow(nn.Module):
 
     def __init__(self, index: int, head: nn.Module) -> None:
         super().__init__()
-        _check_count("index (the task's row)", index, minimum=0)
+        check_count("index (the task's row)", index, minimum=0)
         if not isinstance(head, nn.Module):
             raise TypeError(f"head must be an nn.Module, got {type(head).__name__}")
         self.index, self.head = index, head
@@ -222,7 +211,7 @@ class SoftSharingPenalty(nn.Module):
 
     def __init__(self, rho: float, weighting: Any = None) -> None:
         super().__init__()
-        if not _is_number(rho):
+        if not is_real_number(rho):
             raise TypeError(f"rho (the penalty strength ρ) must be a number, got {type(rho).__name__} {rho!r}")
         if not (math.isfinite(rho) and rho >= 0):
             raise ValueError(f"rho (the penalty strength ρ) must be finite and >= 0, got {rho!r}")
@@ -233,7 +222,7 @@ class SoftSharingPenalty(nn.Module):
             )
         if isinstance(weighting, Mapping):
             bad = {t: w for t, w in weighting.items()
-                   if not (_is_number(w) and math.isfinite(w) and w >= 0)}
+                   if not (is_real_number(w) and math.isfinite(w) and w >= 0)}
             if bad:
                 raise ValueError(f"the static task weights λ_t must be finite numbers >= 0, got {bad}")
         elif weighting is not None and not callable(weighting):
@@ -275,8 +264,8 @@ def cross_stitch_init(num_tasks: int, self_weight: float = 0.9) -> torch.Tensor:
     self_weight ∈ [0, 1]: row t is then a weighted average of the columns (1: independent columns,
     1/T: every task gets their mean), as in Misra et al.'s initialisations.
     """
-    _check_count("num_tasks (cross-stitch mixes at least 2 task columns)", num_tasks, minimum=2)
-    if not _is_number(self_weight):
+    check_count("num_tasks (cross-stitch mixes at least 2 task columns)", num_tasks, minimum=2)
+    if not is_real_number(self_weight):
         raise TypeError(f"self_weight must be a number in [0, 1], got {type(self_weight).__name__} {self_weight!r}")
     if not 0 <= self_weight <= 1:  # also refuses nan
         raise ValueError(
@@ -405,7 +394,7 @@ class MixtureOfExpertsTrunk(nn.Module):
         super().__init__()
         _check_module_list("experts", experts, "[mlp(16, 8) for _ in range(3)]")
         tasks = _task_list(tasks)
-        _check_count("gate_input_dim (the width D of the inputs)", gate_input_dim)
+        check_count("gate_input_dim (the width D of the inputs)", gate_input_dim)
         if len(experts) < 1:
             raise ValueError(
                 "MMoE needs at least one expert (E >= 1), got none; with E = 1 it is hard sharing "
@@ -464,7 +453,7 @@ class ExtractionLevel(nn.Module):
         for task, experts in task_experts.items():
             _check_module_list(f"the experts of task {task!r}", experts, "[mlp(16, 8)] ([] for none)")
         _check_module_list("shared_experts", shared_experts, "[mlp(16, 8), mlp(16, 8)] ([] for none)")
-        _check_count("input_dim", input_dim)
+        check_count("input_dim", input_dim)
         if not isinstance(shared_gate, bool):
             raise TypeError(f"shared_gate must be True or False, got {type(shared_gate).__name__} {shared_gate!r}")
         for task, experts in task_experts.items():
@@ -617,7 +606,7 @@ def extraction_levels(
     last gets a shared gate.
     """
     tasks = _task_list(tasks)
-    _check_count("input_dim", input_dim)
+    check_count("input_dim", input_dim)
     if not isinstance(widths, (list, tuple)):
         raise TypeError(
             f"widths must be a list with one expert width per level, got {widths!r}; e.g. [{widths!r}] for CGC"
@@ -625,9 +614,9 @@ def extraction_levels(
     if not widths:
         raise ValueError("widths is empty; give one expert width per level, e.g. [16] for CGC")
     for width in widths:
-        _check_count("every width in widths", width)
-    _check_count("num_task_experts", num_task_experts, minimum=0)
-    _check_count("num_shared_experts", num_shared_experts, minimum=0)
+        check_count("every width in widths", width)
+    check_count("num_task_experts", num_task_experts, minimum=0)
+    check_count("num_shared_experts", num_shared_experts, minimum=0)
     if num_task_experts + num_shared_experts < 1:
         raise ValueError("num_task_experts + num_shared_experts must be >= 1: every task gate needs an expert to mix")
     if not callable(expert):

@@ -65,3 +65,16 @@ def test_nan_is_not_comparable_and_shapes_must_match(capsys):
     ]
     with pytest.raises(ValueError, match=r"logits: shapes differ, ours \(2, 3\) vs reference \(3, 2\)"):
         compare("logits", torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+def test_check_count_and_is_real_number_refuse_bools_and_name_the_argument():
+    import numpy as np
+
+    from mtl_tutorial.checks import check_count, is_real_number
+
+    check_count("steps", 3)
+    with pytest.raises(TypeError, match="steps must be an int >= 1, got bool True"):
+        check_count("steps", True)
+    with pytest.raises(ValueError, match="k must be >= 2, got 1"):
+        check_count("k", 1, minimum=2)
+    assert is_real_number(0.5) and is_real_number(np.float32(2)) and not is_real_number(True) and not is_real_number("1")
