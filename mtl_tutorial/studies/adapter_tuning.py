@@ -17,7 +17,7 @@ from __future__ import annotations
 from mtl_tutorial.evidence import Comparison, seeds_for_power
 from mtl_tutorial.showdown import ARTICLE_ADAPTERS, BOTTLENECK_SIZE, FROZEN
 from mtl_tutorial.studies.runner import Study
-from mtl_tutorial.studies.text_runs import estimate_text_seconds, run_text_config, text_config
+from mtl_tutorial.studies.text_runs import FAST_SIZE, estimate_text_seconds, run_text_config, text_config
 
 PILOT_DIFFERENCE_SD = 0.89  # points: the largest sd of paired differences in the pilot
 SMALLEST_DIFFERENCE = 2.0  # points of accuracy each primary comparison must resolve
@@ -40,7 +40,7 @@ def sweep_label(size: int) -> str:
 def grid(seeds, fast: bool = False) -> list[dict]:
     """Seeds outermost (an interrupted study has whole seeds); fast: 24 training and 16 test glosses per
     task, texts cut to 32 tokens, one seed, two sweep sizes (a smoke run of the same code)."""
-    size = dict(train_examples=24, test_examples=16, max_length=32, batch_size=8) if fast else {}
+    size = FAST_SIZE if fast else {}
     sizes = (4, BOTTLENECK_SIZE) if fast else SWEEP_SIZES
     configs = []
     for seed in seeds:
@@ -74,7 +74,7 @@ EXERCISE_RUNS = {
 
 def exercise_grid(seeds, fast: bool = False) -> list[dict]:
     """The exercises' runs per seed (fast: the small sizes of ``grid``)."""
-    size = dict(train_examples=24, test_examples=16, max_length=32, batch_size=8) if fast else {}
+    size = FAST_SIZE if fast else {}
     return [text_config(label, "Houlsby adapters", seed, **size, **settings)
             for seed in seeds for label, settings in EXERCISE_RUNS.items()]
 

@@ -20,7 +20,7 @@ from mtl_tutorial.studies.adapter_tuning import DEFAULT_SEEDS
 from mtl_tutorial.studies.peft_showdown import MERGED
 from mtl_tutorial.studies.peft_showdown import run as showdown_run
 from mtl_tutorial.studies.runner import Study
-from mtl_tutorial.studies.text_runs import estimate_text_seconds, text_config
+from mtl_tutorial.studies.text_runs import FAST_SIZE, estimate_text_seconds, text_config
 
 RANKS = (1, 2, 4, 8, 16, 32, 64)
 ALL_LAYERS = "LoRA r=8, all linear layers"
@@ -33,7 +33,7 @@ PRIMARY = (
 
 def grid(seeds, fast: bool = False) -> list[dict]:
     """Per seed: the new runs first (r = 1, 2, 32, 64, all layers), then those chapter 10 has."""
-    size = dict(train_examples=24, test_examples=16, max_length=32, batch_size=8) if fast else {}
+    size = FAST_SIZE if fast else {}
     ranks = (1, 8, 32) if fast else RANKS
     configs = []
     for seed in seeds:

@@ -17,7 +17,7 @@ from mtl_tutorial.merging import lora_task_vector, merged_lora_model, task_arith
 from mtl_tutorial.showdown import FROZEN, METHODS
 from mtl_tutorial.studies.adapter_tuning import DEFAULT_SEEDS
 from mtl_tutorial.studies.runner import Study
-from mtl_tutorial.studies.text_runs import estimate_text_seconds, task_data, text_config, train_text_config
+from mtl_tutorial.studies.text_runs import FAST_SIZE, estimate_text_seconds, task_data, text_config, train_text_config
 from mtl_tutorial.training import accuracy, evaluate
 
 MERGED = "LoRA r=8"     # whose per-task updates are merged
@@ -60,7 +60,7 @@ def run(config: dict, device=None, keep_model: bool = False):
 
 def grid(seeds, fast: bool = False) -> list[dict]:
     """Every method per seed, seeds outermost; fast: chapter 07's small sizes (24 / 16 glosses)."""
-    size = dict(train_examples=24, test_examples=16, max_length=32, batch_size=8) if fast else {}
+    size = FAST_SIZE if fast else {}
     return [text_config(method, method, seed, **size, **({"merges": True} if method == MERGED else {}))
             for seed in seeds for method in ORDER]
 

@@ -32,6 +32,7 @@ from mtl_tutorial.training import majority_class_accuracy
 
 WORDNET_TASKS = ("supersense", "pos")  # both label the same WordNet glosses (chapter 00)
 FULL_LENGTH = 128  # tokens per text: no WordNet gloss is cut (the longest has 70)
+FAST_SIZE = {"train_examples": 24, "test_examples": 16, "max_length": 32, "batch_size": 8}  # a study's fast-mode grid
 ADAPTER_METHODS = ("Houlsby adapters", "Pfeiffer adapters", "adapters after the encoder (article)")
 
 
