@@ -334,5 +334,5 @@ def test_main_serve_prints_the_table_with_paired_ratios_and_the_ratios_at_8_task
     assert "0.900 [0.850, 0.950]" in table[0] and "slower" in table[0]
     assert "1.000 [0.900, 1.100]" in table[1] and "no measurable difference" in table[1]
     assert "median of 5 timed rounds" in out
-    assert ("T = 8: mixed batch / ceiling = 0.90 (goal ≥ 0.80); mixed batch / swapping = 1.50 (goal > 1); "
-            "mixed batch / merged per task = 0.90") in out
+    assert ("T = 8, paired by round: mixed batch / ceiling = 0.90 [0.85, 0.95] (goal ≥ 0.80, met when the whole interval "
+            "is); mixed batch / swapping = 1.50 (goal > 1); mixed batch / merged per task = 0.90") in out
