@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mtl_tutorial import distributed
+from mtl_tutorial import collectives
 from mtl_tutorial.checks import check_batch_size, check_task_data
 from mtl_tutorial.data.multitask import MultiTaskBatch
 from mtl_tutorial.models import TaskOutput, select_examples
@@ -58,7 +58,7 @@ class Weighting(Protocol):
 
     ctx holds ``step`` (1-based), ``model`` and ``reduce``; a weighting takes what it needs and ignores
     the rest. ``reduce(x)``: x (any shape, e.g. per-task gradients (T, P)) -> its mean over the
-    data-parallel ranks, same shape, same on every rank (``distributed.all_reduce_mean``; the identity
+    data-parallel ranks, same shape, same on every rank (``collectives.all_reduce_mean``; the identity
     in one process): a weighting that computes something from this rank's examples alone (GradNorm's
     and the aggregators' per-task gradients) reduces it before use, so every rank agrees.
     An ``nn.Module`` weighting is moved to the device and its parameters are trained with the model
@@ -341,16 +341,16 @@ def train(
                            "lr": getattr(weighting, "lr", None) or lr})
         optimizer = torch.optim.Adam([group for group in groups if group["params"]], lr=lr)
     writes_gradients = getattr(weighting, "writes_gradients", False)
-    world = distributed.world_size()
-    forward_model = distributed.data_parallel(model, device) if world > 1 else model
+    world = collectives.world_size()
+    forward_model = collectives.data_parallel(model, device) if world > 1 else model
     own_parameters = [p for p in weighting.parameters() if p.requires_grad] if isinstance(weighting, nn.Module) else []
-    distributed.broadcast_parameters(own_parameters)
+    collectives.broadcast_parameters(own_parameters)
     averaged_by_hand = own_parameters + ([p for p in model.parameters() if p.requires_grad] if writes_gradients else [])
     skip_sync = forward_model.no_sync if world > 1 and writes_gradients else contextlib.nullcontext
 
     history = History(tasks)
     batches = _endless(loader)
-    bar = tqdm(range(1, num_steps + 1), desc=desc, disable=not progress or distributed.rank() != 0, leave=False)
+    bar = tqdm(range(1, num_steps + 1), desc=desc, disable=not progress or collectives.rank() != 0, leave=False)
     for step in bar:
         model.train()
         batch = next(batches).to(device)
@@ -365,14 +365,14 @@ def train(
                 losses = _task_losses(forward_model, batch, loss_fns, device)
             check_scalar_losses(losses)
             if world > 1:
-                losses, values = distributed.global_task_losses(losses, batch.tasks, tasks)
+                losses, values = collectives.global_task_losses(losses, batch.tasks, tasks)
             else:
                 values = {task: float(loss.detach()) for task, loss in losses.items()}
             bad = [task for task, value in values.items() if not math.isfinite(value)]
             if bad:
                 raise NonFiniteLossError(step, bad[0], values, history)
             optimizer.zero_grad(set_to_none=True)
-            total, task_weights = weighting(losses, step=step, model=model, reduce=distributed.all_reduce_mean)
+            total, task_weights = weighting(losses, step=step, model=model, reduce=collectives.all_reduce_mean)
             if not math.isfinite(float(total.detach())):
                 raise NonFiniteLossError(step, None, values, history)
             if scaler is not None and any(p.grad is not None for g in optimizer.param_groups for p in g["params"]):
@@ -383,7 +383,7 @@ def train(
                 )
             if not writes_gradients:
                 (total if scaler is None else scaler.scale(total)).backward()
-        distributed.average_gradients(averaged_by_hand)
+        collectives.average_gradients(averaged_by_hand)
         if scaler is None:
             optimizer.step()
         else:

@@ -125,6 +125,35 @@ def test_the_package_has_no_import_circle():
     )
 
 
+def unit(name: str) -> str:
+    """The top-level module or package a module belongs to: ``mtl_tutorial.distributed.__main__`` ->
+    ``mtl_tutorial.distributed``. A package is one floor with all its submodules."""
+    return ".".join(name.split(".")[:2])
+
+
+def unit_graph() -> dict[str, dict[str, tuple[str, int, str]]]:
+    """floor -> {imported floor: (importing module, line, statement)}: ``import_graph`` with every
+    submodule's imports charged to its top-level package, the root package left out."""
+    graph: dict[str, dict[str, tuple[str, int, str]]] = {}
+    for name, edges in import_graph().items():
+        if name == "mtl_tutorial":
+            continue
+        for target, (line, statement) in edges.items():
+            if target != "mtl_tutorial" and unit(target) != unit(name):
+                graph.setdefault(unit(name), {}).setdefault(unit(target), (name, line, statement))
+    return graph
+
+
+def test_no_circle_between_packages_either():
+    graph = unit_graph()
+    cycle = find_cycle({a: {b: (0, "") for b in edges} for a, edges in graph.items()})
+    assert cycle is None, (
+        "import circle between the package's floors (a package counts with all its submodules, e.g. its "
+        "__main__):\n" + "\n".join(f"  {a} -> {b}   ({graph[a][b][0]}:{graph[a][b][1]}: {graph[a][b][2]})"
+                                    for a, b in zip(cycle, cycle[1:]))
+    )
+
+
 def test_method_modules_import_only_base_and_method_modules():
     allowed = {"mtl_tutorial"} | {f"mtl_tutorial.{m}" for m in BASE | METHODS}
     offences = []
