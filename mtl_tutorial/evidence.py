@@ -239,6 +239,24 @@ def equivalent(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
     return -margin < d.low and d.high < margin
 
 
+def smallest_equivalent(scores: Mapping[float, Sequence[float] | np.ndarray], margin: float) -> float:
+    """The smallest size whose scores are equivalent within ±margin (``equivalent``, TOST) to those of the
+    best size: a rule for choosing a capacity knob (LoRA's r, an adapter's m) from a sweep.
+
+    scores: size -> per-seed scores, paired by seed across sizes (same seeds, same order). The best size
+    is the one with the highest mean; it is its own answer when no smaller size is shown equivalent.
+    Sizes above the best are never chosen: they cost more and score lower on average.
+    """
+    if not scores:
+        raise ValueError("scores is empty: pass {size: per-seed scores} for at least one size")
+    means = {size: float(np.mean(_repeats(values))) for size, values in scores.items()}
+    best = max(means, key=means.get)
+    for size in sorted(s for s in scores if s < best):
+        if equivalent(scores[size], scores[best], margin):
+            return size
+    return best
+
+
 def _check_names(names: tuple[str, str]) -> None:
     if isinstance(names, str) or len(names) != 2 or not all(isinstance(name, str) for name in names):
         raise TypeError(f"names must be a pair of strings (name of A, name of B), e.g. names=('LoRA', 'adapters'); "

@@ -20,6 +20,7 @@ from mtl_tutorial.evidence import (
     paired_power,
     score_table,
     seeds_for_power,
+    smallest_equivalent,
     t_critical,
     verdict,
 )
@@ -156,6 +157,22 @@ def test_equivalent_needs_the_90_percent_interval_inside_the_margin():
     assert equivalent(d, b, margin) and not equivalent(d, b, d90.high * 0.99)
     with pytest.raises(ValueError, match="margin must be > 0"):
         equivalent(b, b, margin=0.0)
+
+
+def test_smallest_equivalent_picks_the_smallest_size_shown_equivalent_to_the_best():
+    base = np.array([0.86, 0.88, 0.87, 0.85, 0.89])
+    tight = np.array([0.001, -0.001, 0.0005, 0.0, -0.0005])
+    scores = {1: base - 0.004 + tight, 2: base - 0.002 - tight, 8: base, 64: base - 0.03 + tight}
+    assert smallest_equivalent(scores, margin=0.01) == 1
+    # the best size is 8, not the largest: comparing with the largest (64, 3 points lower) would pick wrongly
+    assert smallest_equivalent({1: base - 0.03 + tight, 8: base, 64: base - 0.031 - tight}, margin=0.01) == 8
+    # close means are not enough: size 1 is noisy (no TOST equivalence), so the rule keeps looking
+    noisy = base + np.array([0.03, -0.03, 0.025, -0.028, 0.0])
+    assert abs(noisy.mean() - base.mean()) < 0.01
+    assert smallest_equivalent({1: noisy, 2: base - 0.001 + tight, 8: base}, margin=0.01) == 2
+    assert smallest_equivalent({8: base}, margin=0.01) == 8
+    with pytest.raises(ValueError, match="scores is empty"):
+        smallest_equivalent({}, margin=0.01)
 
 
 def test_comparison_names_its_task_or_the_mean():

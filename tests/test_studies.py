@@ -150,6 +150,8 @@ def test_the_chapter_studies_have_primary_comparisons_of_their_own_runs_and_five
         assert 1 <= len(study.primary) <= 3 and len(study.default_seeds) >= 5
         assert all({c.a, c.b} <= labels for c in study.primary)
         assert all(config["epochs"] >= 1 for config in study.configs())
+        fast_labels = {config["label"] for config in study.grid((0, 1), fast=True)}   # fast mode prints the primaries too
+        assert all({c.a, c.b} <= fast_labels for c in study.primary), chapter
     with pytest.raises(ValueError, match="studies exist for chapters: 07, 08, 10"):
         get_study("05")
 

@@ -34,7 +34,7 @@ PRIMARY = (
 def grid(seeds, fast: bool = False) -> list[dict]:
     """Per seed: the new runs first (r = 1, 2, 32, 64, all layers), then those chapter 10 has."""
     size = FAST_SIZE if fast else {}
-    ranks = (1, 8, 32) if fast else RANKS
+    ranks = (4, 8, 32) if fast else RANKS   # fast: the ranks of the primary comparisons
     configs = []
     for seed in seeds:
         configs += [text_config(f"LoRA r={r}", f"LoRA r={r}", seed, **size) for r in ranks if r not in (4, 8, 16)]
