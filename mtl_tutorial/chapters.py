@@ -4,13 +4,21 @@ A chapter is a notebook ``notebooks/NN_slug.ipynb``. Its title and measured runt
 place, the chapter table of README.md, which ``mtl-tutorial list`` reads. ``run_notebook`` executes
 one with nbclient, with a time limit per cell and a shell channel that cannot miss a cell's reply,
 and writes it with its progress bars as text (``progress_bars_as_text``).
+
+Nothing is lost: a run writes its notebook only when every cell ran (atomically: a temporary file in the
+same folder, then a rename), and records its mode in the notebook's metadata (``recorded_mode``); a run
+that fails, times out or is interrupted writes what ran to a separate partial copy, whose cells that
+never ran are empty.
 """
 
 from __future__ import annotations
 
 import atexit
 import html
+import os
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +39,8 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # an output showing a 
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"  # notebook metadata: every widget model's state
 PROGRESS_MODELS = {"FloatProgressModel", "IntProgressModel"}
 BAR_WIDTH = 10  # characters of the drawn bar, as tqdm draws one when it knows no width
+RUN_METADATA = "mtl_tutorial"  # notebook metadata written by run_notebook: {"mode": "fast" | "full"}
+MODE_LINE = re.compile(r"^mode\s+(fast|full)\s*$", re.MULTILINE)  # environment_summary()'s line in a first cell
 
 
 @dataclass
@@ -153,6 +163,45 @@ class PatientKernelClient(AsyncKernelClient):
     """The kernel client ``run_notebook`` hands to nbclient: ``PatientShellChannel`` on the shell."""
 
     shell_channel_class = Type(PatientShellChannel)
+
+
+class ChapterInterrupted(RuntimeError):
+    """A run stopped by the user (Ctrl-C, SIGINT); carries where, and where what ran was saved."""
+
+    def __init__(self, notebook: Path, code_cell_number: int | None, saved: Path):
+        self.notebook, self.code_cell_number, self.saved = notebook, code_cell_number, saved
+        where = "before its first cell" if code_cell_number is None else f"in code cell {code_cell_number}"
+        super().__init__(f"{notebook.name} was interrupted {where}; what ran is saved at {saved}")
+
+
+def recorded_mode(notebook: dict) -> str | None:
+    """The mode ("fast" or "full") of the run that wrote ``notebook`` (an nbformat node or its JSON
+    dict): the metadata ``run_notebook`` writes, else the ``mode`` line a chapter's first cell prints
+    (``environment_summary``), else None (never executed, or not a chapter)."""
+    mode = notebook.get("metadata", {}).get(RUN_METADATA, {}).get("mode")
+    if mode is not None:
+        return mode
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+            text = output.get("text", "")
+            found = MODE_LINE.search(text if isinstance(text, str) else "".join(text))
+            if found:
+                return found.group(1)
+    return None
+
+
+def _write_atomically(notebook, output: Path) -> None:
+    """Write ``notebook`` to ``output`` through a temporary file in the same folder and a rename, so
+    that ``output`` holds either its old bytes or the new notebook, never a torn one."""
+    import nbformat
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        nbformat.write(notebook, temporary)
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def default_cell_timeout() -> int:
@@ -284,13 +333,18 @@ def progress_bars_as_text(notebook: dict) -> int:
     return replaced
 
 
-def run_notebook(path: Path, output: Path, timeout: int | None = None, progress: bool = True) -> float:
+def run_notebook(path: Path, output: Path, timeout: int | None = None, progress: bool = True,
+                 partial: Path | None = None) -> float:
     """Execute ``path`` top to bottom in a fresh kernel (cwd: its folder) and write it to ``output``.
 
     ``timeout``: seconds one cell may run before it is interrupted (default
-    ``default_cell_timeout()``). Progress bars are written as text (``progress_bars_as_text``).
-    Returns the wall time in seconds. Raises ``ChapterFailed`` when a cell raises or times out or
-    the kernel dies, after saving what ran so far to ``output``.
+    ``default_cell_timeout()``). Progress bars are written as text (``progress_bars_as_text``); the
+    run's mode goes into the notebook's metadata (``recorded_mode``). ``output`` is written only after
+    every cell ran, atomically (it may be ``path`` itself). Returns the wall time in seconds.
+
+    When a cell raises or times out or the kernel dies, what ran so far is saved to ``partial``
+    (default: ``output``; pass another path to keep ``output`` untouched), every cell that did not run
+    left empty, and ``ChapterFailed`` is raised; on Ctrl-C (SIGINT) the same, with ``ChapterInterrupted``.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -301,8 +355,14 @@ def run_notebook(path: Path, output: Path, timeout: int | None = None, progress:
     timeout = default_cell_timeout() if timeout is None else timeout
     if timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    from mtl_tutorial.runtime import fast_mode
+
+    mode = "fast" if fast_mode() else "full"
+    partial = output if partial is None else partial
     notebook = nbformat.read(path, as_version=4)
     code_cells = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
+    for index in code_cells:   # a cell that never runs must not show the outputs of an earlier run
+        notebook.cells[index].outputs, notebook.cells[index].execution_count = [], None
     bar = tqdm(total=len(code_cells), desc=path.stem, unit="cell", disable=not progress, mininterval=0)
     running: dict[str, int] = {}
 
@@ -326,20 +386,38 @@ def run_notebook(path: Path, output: Path, timeout: int | None = None, progress:
         on_cell_executed=on_cell_executed,
         config=Config({"AsyncKernelManager": {"client_factory": PatientKernelClient}}),
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
+    interrupted = threading.Event()
+    restore_sigint = None
+    if threading.current_thread() is threading.main_thread():
+        def on_sigint(signum, frame):
+            interrupted.set()
+            raise KeyboardInterrupt
+
+        restore_sigint = signal.signal(signal.SIGINT, on_sigint)
     start = time.perf_counter()
     try:
         client.execute()
-    except (CellExecutionError, RuntimeError) as err:  # RuntimeError: the kernel died or did not start
+    except BaseException as err:  # a cell error, a dead or silent kernel (RuntimeError), or Ctrl-C
+        # While the kernel runs, nbclient's own SIGINT/SIGTERM handler shuts the kernel down (so the run ends
+        # in DeadKernelError or an AssertionError) and leaves this future behind: it, too, means interrupted.
+        if getattr(client, "_async_cleanup_kernel_future", None) is not None:
+            interrupted.set()
+        if not (interrupted.is_set() or isinstance(err, (CellExecutionError, RuntimeError))):
+            raise
         progress_bars_as_text(notebook)
-        nbformat.write(notebook, output)
+        _write_atomically(notebook, partial)
         index = running.get("cell_index")
-        raise ChapterFailed(path, index, None if index is None else code_cells.index(index) + 1,
-                            _describe(err, timeout), output) from None
+        number = None if index is None else code_cells.index(index) + 1
+        if interrupted.is_set():
+            raise ChapterInterrupted(path, number, partial) from None
+        raise ChapterFailed(path, index, number, _describe(err, timeout), partial) from None
     finally:
         bar.close()
+        if restore_sigint is not None:
+            signal.signal(signal.SIGINT, restore_sigint)
         # nbclient leaves this registered when the kernel fails to start; at exit it would raise
         atexit.unregister(client._cleanup_kernel)
     progress_bars_as_text(notebook)
-    nbformat.write(notebook, output)
+    notebook.metadata[RUN_METADATA] = {"mode": mode}
+    _write_atomically(notebook, output)
     return time.perf_counter() - start

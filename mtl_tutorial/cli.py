@@ -153,8 +153,13 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Execute chapters in order; print a wall-time table; exit 1 at the first failing cell."""
-    from mtl_tutorial.chapters import ChapterFailed, project_root, resolve_chapters, run_notebook
+    """Execute chapters in order; print a wall-time table; exit 1 at the first failing cell, 130 when
+    interrupted. With --inplace a notebook is replaced only by a complete run of the mode it holds."""
+    import nbformat
+
+    from mtl_tutorial.chapters import (
+        ChapterFailed, ChapterInterrupted, project_root, recorded_mode, resolve_chapters, run_notebook,
+    )
 
     if args.fast:
         os.environ["MTL_TUTORIAL_FAST"] = "1"
@@ -167,14 +172,27 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     output_dir = Path(args.output) if args.output else project_root() / "build" / "notebooks"
+    if args.inplace and not args.change_mode:
+        for path in paths:
+            committed = recorded_mode(nbformat.read(path, as_version=4))
+            if committed not in (None, mode):
+                print(f"error: {path.name} holds a {committed}-mode run; a {mode}-mode run would replace it. Run it "
+                      f"in {committed} mode{' (without --fast)' if committed == 'full' else ' (--fast)'}, or pass "
+                      f"--change-mode to replace it on purpose", file=sys.stderr)
+                return 2
     timings: list[tuple[str, float]] = []
     for path in paths:
         target = path if args.inplace else output_dir / path.name
         try:
-            timings.append((path.stem, run_notebook(path, target, timeout=args.timeout)))
+            timings.append((path.stem, run_notebook(path, target, timeout=args.timeout, partial=output_dir / path.name)))
         except ChapterFailed as err:
-            print(f"FAILED: {err}", file=sys.stderr)
+            print(f"FAILED: {err}" + (f"\n{path.name} in place is unchanged" if args.inplace else ""), file=sys.stderr)
             return 1
+        except ChapterInterrupted as err:
+            kept = f"; {path.name} in place is unchanged" if args.inplace else ""
+            done = f"; finished before it: {', '.join(name for name, _ in timings)}" if timings else ""
+            print(f"interrupted: {err}{kept}{done}", file=sys.stderr)
+            return 130
     print(f"\n{'chapter':<40} {'mode':<5} {'wall time':>10}")
     for name, seconds in timings:
         print(f"{name:<40} {mode:<5} {seconds:>8.1f} s")
@@ -290,7 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chapter numbers (00), file stems or .ipynb paths; none means all")
     p.add_argument("--fast", action="store_true", help="fast mode (MTL_TUTORIAL_FAST=1): small sizes, as CI")
     p.add_argument("--output", metavar="DIR", help="where executed copies go (default build/notebooks/)")
-    p.add_argument("--inplace", action="store_true", help="write outputs back into notebooks/ (to commit them)")
+    p.add_argument("--inplace", action="store_true",
+                   help="write outputs back into notebooks/ (to commit them), only after every cell ran; a failed "
+                   "or interrupted run leaves the notebook as it was and saves what ran under --output")
+    p.add_argument("--change-mode", action="store_true",
+                   help="with --inplace: allow replacing a notebook that holds a run of the other mode")
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                    help="seconds one cell may run before it is interrupted and the run fails "
                    "(default 600 in fast mode, 1800 in full mode)")

@@ -2,6 +2,7 @@ import asyncio
 import hashlib
 import importlib.metadata as metadata
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from mtl_tutorial import cli
 from mtl_tutorial.chapters import (
     ChapterFailed,
     PatientShellChannel,
+    recorded_mode,
     default_cell_timeout,
     list_chapters,
     project_root,
@@ -185,6 +187,83 @@ def test_a_dead_kernel_is_reported_with_its_cell(tmp_path):
     assert "FAILED: dying_chapter.ipynb failed in cell 2 (code cell 2): the kernel died" in result.stderr
     assert "Traceback" not in result.stderr
     assert _outputs(saved)[0] == "first cell ran\n"
+
+
+def _tiny_notebook(path: Path, mode: str | None) -> Path:
+    """A notebook of one cell that runs, holding a run of ``mode`` (None: never run)."""
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('ran')")])
+    if mode is not None:
+        notebook.metadata["mtl_tutorial"] = {"mode": mode}
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_a_failing_or_timed_out_inplace_run_leaves_the_notebook_byte_for_byte(tmp_path):
+    for name, options in [("broken_chapter.ipynb", []), ("slow_chapter.ipynb", ["--timeout", "3"])]:
+        notebook = tmp_path / name
+        shutil.copy(FIXTURES / name, notebook)
+        before = notebook.read_bytes()
+        result = subprocess.run([*CLI, "run", "--fast", "--inplace", *options, "--output", str(tmp_path / "out"), str(notebook)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 1, result.stderr
+        assert notebook.read_bytes() == before, f"{name}: a failed --inplace run changed the notebook"
+        assert f"{name} in place is unchanged" in result.stderr
+        assert (tmp_path / "out" / name).is_file(), "what ran is kept in the partial copy"
+        assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
+
+
+def test_the_partial_copy_leaves_every_cell_that_did_not_run_empty(tmp_path):
+    notebook = nbformat.read(FIXTURES / "broken_chapter.ipynb", as_version=4)
+    stale = nbformat.v4.new_output("stream", name="stdout", text="an output of an earlier run\n")
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [stale]
+    nbformat.write(notebook, tmp_path / "broken_chapter.ipynb")
+    result = subprocess.run([*CLI, "run", "--fast", "--output", str(tmp_path / "out"), str(tmp_path / "broken_chapter.ipynb")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert _outputs(tmp_path / "out" / "broken_chapter.ipynb") == ["first cell ran\n", "", "ZeroDivisionError", ""]
+
+
+def test_an_inplace_run_of_the_other_mode_is_refused_unless_asked(tmp_path):
+    notebook = _tiny_notebook(tmp_path / "full_chapter.ipynb", "full")
+    before = notebook.read_bytes()
+    result = subprocess.run([*CLI, "run", "--fast", "--inplace", str(notebook)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert ("error: full_chapter.ipynb holds a full-mode run; a fast-mode run would replace it. Run it in full mode "
+            "(without --fast), or pass --change-mode to replace it on purpose") in result.stderr
+    assert notebook.read_bytes() == before
+    result = subprocess.run([*CLI, "run", "--fast", "--inplace", "--change-mode", str(notebook)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert recorded_mode(nbformat.read(notebook, as_version=4)) == "fast"
+    assert _outputs(notebook) == ["ran\n"] and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_recorded_mode_reads_the_metadata_or_the_first_cells_mode_line():
+    assert recorded_mode(nbformat.v4.new_notebook(metadata={"mtl_tutorial": {"mode": "fast"}})) == "fast"
+    summary = nbformat.v4.new_output("stream", name="stdout", text="torch         2.13.0\nmode          full\n")
+    assert recorded_mode(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("", outputs=[summary])])) == "full"
+    assert recorded_mode(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])) is None
+    assert recorded_mode(nbformat.read(ROOT / "notebooks" / "07_adapter_tuning.ipynb", as_version=4)) == "full"
+
+
+def test_an_interrupted_run_says_so_in_one_line_exits_130_and_keeps_the_notebook(tmp_path):
+    notebook = tmp_path / "slow_chapter.ipynb"
+    shutil.copy(FIXTURES / "slow_chapter.ipynb", notebook)
+    before = notebook.read_bytes()
+    process = subprocess.Popen([*CLI, "run", "--fast", "--inplace", "--output", str(tmp_path / "out"), str(notebook)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, deadline = "", time.monotonic() + 120
+    while "code cell 2 running" not in seen and time.monotonic() < deadline:   # tqdm's bar on stderr
+        seen += process.stderr.read(1)
+    process.send_signal(signal.SIGINT)   # what Ctrl-C sends
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, seen + stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip() and "slow_chapter:" not in line]
+    assert lines == [f"interrupted: slow_chapter.ipynb was interrupted in code cell 2; what ran is saved at "
+                     f"{tmp_path / 'out' / 'slow_chapter.ipynb'}; slow_chapter.ipynb in place is unchanged"], stderr
+    assert notebook.read_bytes() == before
 
 
 def test_run_rejects_an_unclear_mode_before_starting_a_kernel(monkeypatch, capsys):
