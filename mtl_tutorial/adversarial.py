@@ -20,9 +20,15 @@ e.g. MLPs on frozen MiniLM features; the loss keeps the paper's three terms. Our
 the paper's raw sum; the public code normalises it first, so its γ = 0.01 does not carry over
 (``AdversarialObjective`` gives the measured factor and our default γ).
 
+Did the encoder hide the task? The discriminator's own accuracy cannot say: an encoder fighting one
+discriminator can make it *wrong* while the task stays readable. The test is a post-hoc probe
+(``post_hoc_probe``): a fresh classifier trained on the final, frozen shared features of the
+training examples and scored on the test examples.
+
 Layout: the argument checks, ``GradientReversal`` (autograd function and module),
-``orthogonality_penalty``, ``SharedPrivateModel``, ``reversal_ramp`` and the ``AdversarialObjective``
-weighting that adds the two terms to the course's training loop, and ``discriminator_accuracy``.
+``orthogonality_penalty``, ``SharedPrivateModel``, ``reversal_ramp``, the ``AdversarialObjective``
+weighting that adds the two terms to the course's training loop and its ``ConfusionObjective``
+variant, ``discriminator_accuracy`` and ``post_hoc_probe``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from mtl_tutorial.models import HardSharingModel, TaskOutput, select_examples
 from mtl_tutorial.objectives import weighted_sum
@@ -324,3 +331,118 @@ def discriminator_accuracy(model: SharedPrivateModel, inputs: Mapping[str, Any])
             total += len(predicted)
     model.train(was_training)
     return correct / total
+
+
+class ConfusionObjective(AdversarialObjective):
+    """The confusion loss of Tzeng et al. (2015) instead of gradient reversal:
+
+        total = Σ_t λ_t L_t + adversarial_weight · CE(D(S(x)), t) + orthogonality_weight · L_diff
+                + confusion_weight · ramp · CE(u, D(S(x))),      CE(u, q) = −(1/T) Σ_c log q_c,
+
+    The discriminator D descends its own cross-entropy on the *non-reversed* shared features (λ = 0,
+    so that term sends no gradient into the encoder); the encoder descends the cross-entropy between
+    the uniform distribution u over the T tasks and D's prediction, through a detached copy of D's
+    weights, so each part moves only its own parameters. CE(u, q) is smallest (log T) when D's
+    prediction is uniform, so the encoder is pushed to make D *unsure*, not wrong. ``ramp_steps``
+    ramps the confusion weight in on ``reversal_ramp``'s schedule. ``self.log["confusion"]`` records it.
+    """
+
+    def __init__(
+        self,
+        adversarial_weight: float = 0.05,
+        orthogonality_weight: float = 1e-6,
+        confusion_weight: float = 1.0,
+        ramp_steps: int | None = None,
+        task_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        super().__init__(adversarial_weight, orthogonality_weight, reversal=0.0, ramp_steps=ramp_steps,
+                         task_weights=task_weights)
+        _check_weight("confusion_weight", confusion_weight)
+        self.confusion_weight = confusion_weight
+        self.log["confusion"] = []
+
+    def __call__(
+        self, losses: dict[str, torch.Tensor], model: nn.Module | None = None, step: int = 1, **ctx: Any
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        total, weights = super().__call__(losses, model=model, step=step, **ctx)
+        frozen = {name: p.detach() for name, p in model.discriminator.named_parameters()}
+        logits = functional_call(model.discriminator, frozen, (model.last["shared"],))
+        confusion = -torch.log_softmax(logits, dim=1).mean()   # CE(uniform, D(S(x))), averaged over the batch
+        self.log["confusion"].append(float(confusion.detach()))
+        ramp = reversal_ramp(step / self.ramp_steps) if self.ramp_steps else 1.0
+        return total + self.confusion_weight * ramp * confusion, weights
+
+
+def _check_task_inputs(name: str, inputs: Any) -> None:
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"{name} must be a dict task -> inputs (N_t, ...), got {type(inputs).__name__}")
+    if len(inputs) < 2:
+        raise ValueError(f"{name} needs at least two tasks to tell apart, got {list(inputs)}")
+    for task, x in inputs.items():
+        if isinstance(x, tuple):
+            raise TypeError(f"{name}[{task!r}] is a tuple; pass the inputs only, not (inputs, targets): "
+                            f"{{t: x for t, (x, _) in data.items()}}")
+        if len(x) == 0:
+            raise ValueError(f"{name}[{task!r}] has no examples; give every task at least one")
+
+
+def post_hoc_probe(
+    encoder: nn.Module,
+    train_inputs: Mapping[str, Any],
+    test_inputs: Mapping[str, Any],
+    hidden: int | None = None,
+    steps: int = 300,
+    lr: float = 0.01,
+    seed: int = 0,
+) -> float:
+    """How well can the task be read off ``encoder``'s frozen features? Test accuracy of a fresh probe.
+
+    The probe is trained on the features F = encoder(x) (N, H) of ``train_inputs`` (task -> inputs
+    (N_t, ...)), with each example's task (its position in ``train_inputs``) as the label, and scored
+    on the features of ``test_inputs`` (the same tasks). F is standardised with the training
+    features' mean and standard deviation; the probe is linear (H -> T) or, with ``hidden``, an MLP
+    (H -> hidden -> ReLU -> T); it takes ``steps`` full-batch Adam steps at ``lr`` on the
+    cross-entropy, from a torch seed ``seed``. The encoder is not changed (no gradient reaches it).
+
+    Chance is the largest task's share of the test examples; on tasks that label the same inputs the
+    ceiling is lower (an input alone cannot name which of its labelings it came with).
+    """
+    _check_task_inputs("train_inputs", train_inputs)
+    _check_task_inputs("test_inputs", test_inputs)
+    if list(train_inputs) != list(test_inputs):
+        raise ValueError(f"train_inputs and test_inputs must name the same tasks in the same order, got "
+                         f"{list(train_inputs)} and {list(test_inputs)}")
+    if not isinstance(encoder, nn.Module):
+        raise TypeError(f"encoder must be an nn.Module mapping inputs to features (N, H), got {type(encoder).__name__}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1):
+        raise ValueError(f"hidden must be None (a linear probe) or an int >= 1, got {hidden!r}")
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        def features(inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+            parts = [encoder(x) for x in inputs.values()]
+            labels = torch.cat([torch.full((len(f),), t, dtype=torch.long) for t, f in enumerate(parts)])
+            return torch.cat(parts).float(), labels
+
+        train_x, train_y = features(train_inputs)
+        test_x, test_y = features(test_inputs)
+    encoder.train(was_training)
+    if train_x.dim() != 2:
+        raise ValueError(f"the encoder must map inputs to features (N, H), got {tuple(train_x.shape)}")
+    mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-6)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    width, classes = train_x.shape[1], len(train_inputs)
+    probe = nn.Linear(width, classes) if hidden is None else nn.Sequential(
+        nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+    torch.random.set_rng_state(generator_state)   # the caller's random stream is left as it was
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(probe(train_x), train_y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float((probe(test_x).argmax(dim=1) == test_y).float().mean())

@@ -1,12 +1,14 @@
 """Gradient reversal, the orthogonality penalty and the shared-private model in the training loop."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from mtl_tutorial.adversarial import (
-    AdversarialObjective, GradientReversal, SharedPrivateModel, discriminator_accuracy, orthogonality_penalty,
-    reverse_gradient, reversal_ramp,
+    AdversarialObjective, ConfusionObjective, GradientReversal, SharedPrivateModel, discriminator_accuracy,
+    orthogonality_penalty, post_hoc_probe, reverse_gradient, reversal_ramp,
 )
 from mtl_tutorial.data import MultiTaskDataset
 from mtl_tutorial.schedules import schedule_loader
@@ -211,3 +213,78 @@ def test_a_discriminator_with_the_wrong_number_of_logits_is_named():
     model(torch.randn(4, 5), ["a", "b", "a", "b"])
     with pytest.raises(ValueError, match=r"the discriminator returns \(4, 1\) for 4 examples, but there are 2 tasks"):
         model.adversarial_loss()
+
+
+def test_the_confusion_loss_moves_the_encoder_towards_a_unsure_discriminator_and_d_only_by_its_own_loss():
+    model = make_model()
+    x, names = torch.randn(8, 5), ["a", "b"] * 4
+    routed = model(x, names)
+    losses = {task: out.outputs.pow(2).mean() for task, out in routed.items()}
+    objective = ConfusionObjective(adversarial_weight=0.5, orthogonality_weight=0.0, confusion_weight=2.0)
+    total, _ = objective(losses, model=model, step=1)
+    assert model.reversal.scale == 0.0   # D's loss sends nothing into the encoder
+    logits = model.discriminator(model.trunk(x))
+    confusion = -torch.log_softmax(logits, dim=1).mean()
+    torch.testing.assert_close(total, losses["a"] + losses["b"] + 0.5 * model.adversarial_loss() + 2.0 * confusion)
+    assert objective.log["confusion"] == [pytest.approx(float(confusion.detach()))]
+    total.backward()
+    # D's gradient is that of its own cross-entropy only: the confusion term reaches D through a detached copy
+    expected = make_model()
+    loss = 0.5 * nn.functional.cross_entropy(expected.discriminator(expected.trunk(x)), expected.task_ids(names))
+    loss.backward()
+    torch.testing.assert_close(model.discriminator.weight.grad, expected.discriminator.weight.grad)
+    # the encoder descends CE(uniform, D(S(x))): its smallest value, log T, is reached by a uniform D
+    model.discriminator.weight.data.zero_()
+    model.discriminator.bias.data.zero_()
+    model(x, names)
+    objective(losses, model=model, step=1)
+    assert objective.log["confusion"][-1] == pytest.approx(math.log(2))
+
+
+def test_a_post_hoc_probe_reads_the_task_where_the_features_carry_it_and_chance_where_they_do_not():
+    torch.manual_seed(0)
+    carried = {"a": torch.randn(200, 4) + torch.tensor([3.0, 0, 0, 0]), "b": torch.randn(200, 4) - torch.tensor([3.0, 0, 0, 0])}
+    test = {"a": torch.randn(100, 4) + torch.tensor([3.0, 0, 0, 0]), "b": torch.randn(100, 4) - torch.tensor([3.0, 0, 0, 0])}
+    assert post_hoc_probe(nn.Identity(), carried, test) > 0.95
+    hidden = {"a": torch.randn(600, 4), "b": torch.randn(200, 4)}   # features that carry nothing: the larger task
+    assert abs(post_hoc_probe(nn.Identity(), hidden, {"a": torch.randn(300, 4), "b": torch.randn(100, 4)}) - 0.75) < 0.05
+    # trained on the training features, never on the test ones: a probe fitted on test would score ~1 here
+    flipped = {"a": test["b"], "b": test["a"]}
+    assert post_hoc_probe(nn.Identity(), carried, flipped) < 0.05
+    # an MLP probe reads what a linear one cannot (the task is the sign of x0 · x1)
+    xor = torch.randn(800, 2)
+    same_sign = xor[:, 0] * xor[:, 1] > 0
+    xor_train = {"a": xor[same_sign][:300], "b": xor[~same_sign][:300]}
+    xor_test = {"a": xor[same_sign][300:], "b": xor[~same_sign][300:]}
+    assert post_hoc_probe(nn.Identity(), xor_train, xor_test, hidden=16, steps=500) > post_hoc_probe(
+        nn.Identity(), xor_train, xor_test) + 0.2
+
+
+def test_a_post_hoc_probe_leaves_the_encoder_and_the_random_stream_as_they_were():
+    encoder = nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5))
+    encoder.train()
+    before = [p.detach().clone() for p in encoder.parameters()]
+    torch.manual_seed(1)
+    expected_next = torch.rand(1)
+    torch.manual_seed(1)
+    data = {"a": torch.ones(5, 4), "b": -torch.ones(5, 4)}
+    post_hoc_probe(encoder, data, data, steps=5)
+    assert torch.equal(torch.rand(1), expected_next)
+    assert encoder.training and all(torch.equal(p, q) for p, q in zip(encoder.parameters(), before))
+    assert all(p.grad is None for p in encoder.parameters())
+
+
+@pytest.mark.parametrize("train_inputs, test_inputs, hidden, message", [
+    ({"a": torch.ones(3, 2)}, {"a": torch.ones(3, 2)}, None, "at least two tasks"),
+    ({"a": torch.ones(3, 2), "b": torch.ones(3, 2)}, {"b": torch.ones(3, 2), "a": torch.ones(3, 2)}, None,
+     "same tasks in the same order"),
+    ({"a": torch.ones(3, 2), "b": torch.ones(0, 2)}, {"a": torch.ones(3, 2), "b": torch.ones(3, 2)}, None,
+     "has no examples"),
+    ({"a": torch.ones(3, 2), "b": torch.ones(3, 2)}, {"a": torch.ones(3, 2), "b": torch.ones(3, 2)}, 0,
+     "hidden must be None"),
+])
+def test_a_post_hoc_probe_refuses_inputs_it_cannot_read(train_inputs, test_inputs, hidden, message):
+    with pytest.raises(ValueError, match=message):
+        post_hoc_probe(nn.Identity(), train_inputs, test_inputs, hidden=hidden)
+    with pytest.raises(TypeError, match="pass the inputs only"):
+        post_hoc_probe(nn.Identity(), {"a": (torch.ones(3, 2), torch.zeros(3)), "b": torch.ones(3, 2)}, test_inputs)
