@@ -28,8 +28,9 @@ embeddings only (``PromptTunedEncoder``); the layers see them through attention,
 inside the layers.
 
 Layout, as in peft: the layers (``PrefixEncoder``, ``PrefixSelfAttention``), the injection
-(``apply_prefix``), the bookkeeping (``MultiTaskPrefixModel``, ``copy_to_peft``), then prompt
-tuning (``PromptTunedEncoder``).
+(``apply_prefix``), the bookkeeping (``MultiTaskPrefixModel``, ``copy_to_peft``), a measurement
+(``PrefixStepRecorder``: how far P_θ moves per optimizer step), then prompt tuning
+(``PromptTunedEncoder``).
 """
 
 from __future__ import annotations
@@ -72,9 +73,8 @@ class PrefixEncoder(nn.Module):
       peft does (the frozen keys of MiniLM have a standard deviation of about 1).
     - reparameterised (Li & Liang §4.3): P_θ[i] = W₂ tanh(W₁ E[i] + b₁) + b₂, with ``embedding`` E
       (P, hidden) and ``transform`` = Linear(hidden, M), Tanh, Linear(M, N · 2 · hidden) (peft's
-      ``prefix_projection=True``). With Adam it needs a much smaller step size than the direct
-      prefix (chapter 09: 10⁻³ trains, 10⁻² collapses): every MLP weight moves by about lr per step,
-      and each prefix entry sums the moves of M of them.
+      ``prefix_projection=True``). Chapter 09 measures which Adam step sizes it trains at, and how
+      far its P_θ moves per step (``PrefixStepRecorder``), against the direct prefix.
     """
 
     def __init__(
@@ -350,6 +350,71 @@ def copy_to_peft(encoder: PrefixEncoder, peft_model: nn.Module, adapter_name: st
             target.transform.load_state_dict(encoder.transform.state_dict())
         else:
             target.embedding.weight.copy_(encoder.prefix)
+
+
+class PrefixStepRecorder:
+    """How far each task's effective prefix P_θ moves per optimizer step, read off the optimizer:
+    ``with PrefixStepRecorder(model.trunk.prefix_encoder, optimizer) as steps: train(...)``.
+
+    After optimizer step k (k = 1, 2, …), for every task t:
+
+        entry_rms[t][k-1]      = ‖P_θ(k) − P_θ(k−1)‖ / √(P · N · 2H)     (root mean square change of one entry)
+        parameter_step[t][k-1] = mean |θ(k) − θ(k−1)|                     (over the task's trained numbers)
+
+    θ is P_θ itself for a direct prefix and (E, W₁, b₁, W₂, b₂) for a reparameterised one, so the
+    second list shows the optimizer's step per number and the first what it does to the prefix the
+    layers read. ``mean_abs[t]`` = (mean |P_θ| entry at the start, at the end). The measurement reads
+    the parameters under ``torch.no_grad`` and touches no random state: a recorded run trains exactly
+    as an unrecorded one.
+    """
+
+    def __init__(self, prefix_encoder: PrefixEncoder | MultiTaskPrefixEncoder, optimizer: torch.optim.Optimizer) -> None:
+        if isinstance(prefix_encoder, PrefixEncoder):
+            self.encoders = {"prefix": prefix_encoder}
+        elif isinstance(prefix_encoder, MultiTaskPrefixEncoder):
+            self.encoders = dict(prefix_encoder.encoders.items())
+        else:
+            raise TypeError(f"expected a PrefixEncoder or MultiTaskPrefixEncoder (model.trunk.prefix_encoder of a "
+                            f"MultiTaskPrefixModel), got {type(prefix_encoder).__name__}")
+        self.optimizer = optimizer
+        self.entry_rms: dict[str, list[float]] = {task: [] for task in self.encoders}
+        self.parameter_step: dict[str, list[float]] = {task: [] for task in self.encoders}
+        self.mean_abs: dict[str, tuple[float, float]] = {}
+
+    @torch.no_grad()
+    def _snapshot(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """task -> (P_θ, all its trained numbers as one vector), copied."""
+        return {task: (encoder.flat().detach().clone(),
+                       torch.cat([p.detach().reshape(-1) for p in encoder.parameters()]).clone())
+                for task, encoder in self.encoders.items()}
+
+    @torch.no_grad()
+    def _after_step(self, *_: object) -> None:
+        now = self._snapshot()
+        for task, (prefix, numbers) in now.items():
+            last_prefix, last_numbers = self._last[task]
+            self.entry_rms[task].append((prefix - last_prefix).pow(2).mean().sqrt().item())
+            self.parameter_step[task].append((numbers - last_numbers).abs().mean().item())
+        self._last = now
+
+    def __enter__(self) -> PrefixStepRecorder:
+        self._last = self._snapshot()
+        self._start = {task: prefix.abs().mean().item() for task, (prefix, _) in self._last.items()}
+        self._handle = self.optimizer.register_step_post_hook(self._after_step)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+        self.mean_abs = {task: (self._start[task], prefix.abs().mean().item()) for task, (prefix, _) in self._last.items()}
+
+    def summary(self, digits: int = 4) -> dict[str, dict]:
+        """The recorded lists as JSON-able values with ``digits`` significant digits (for a results line)."""
+        def short(value: float) -> float:
+            return float(f"{value:.{digits}g}")
+
+        return {"entry_rms": {t: [short(v) for v in values] for t, values in self.entry_rms.items()},
+                "parameter_step": {t: [short(v) for v in values] for t, values in self.parameter_step.items()},
+                "mean_abs": {t: [short(v) for v in values] for t, values in self.mean_abs.items()}}
 
 
 class PromptTunedEncoder(nn.Module):
