@@ -28,13 +28,14 @@ embeddings only (``PromptTunedEncoder``); the layers see them through attention,
 inside the layers.
 
 Layout, as in peft: the layers (``PrefixEncoder``, ``PrefixSelfAttention``), the injection
-(``apply_prefix``), the bookkeeping (``MultiTaskPrefixModel``, ``copy_to_peft``), a measurement
+(``apply_prefix``, ``prefix_from_text``), the bookkeeping (``MultiTaskPrefixModel``, ``copy_to_peft``), a measurement
 (``PrefixStepRecorder``: how far P_θ moves per optimizer step), then prompt tuning
 (``PromptTunedEncoder``).
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
@@ -251,6 +252,7 @@ def apply_prefix(
     num_virtual_tokens: int = 10,
     projection_hidden: int | None = None,
     tasks: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
 ) -> nn.Module:
     """Give every self-attention layer of a BERT-like ``model`` a prefix, freeze everything else, and
     return ``model`` (changed in place).
@@ -258,7 +260,9 @@ def apply_prefix(
     Each ``BertSelfAttention`` becomes a ``PrefixSelfAttention`` around it; the prefix parameters are
     registered once, as ``model.prefix_encoder``: a ``PrefixEncoder`` (``tasks=None``) or a
     ``MultiTaskPrefixEncoder`` (one prefix per task). ``projection_hidden``: the width M of the
-    reparameterising MLP, or None for direct prefixes.
+    reparameterising MLP, or None for direct prefixes. ``layers``: the self-attention layers that get
+    a prefix, counted from 0 at the input (None: all); the prefix encoder then holds len(layers)
+    layers, its layer i belonging to ``layers[i]``.
     """
     if any(isinstance(module, PrefixSelfAttention) for module in model.modules()):
         raise ValueError(
@@ -271,6 +275,14 @@ def apply_prefix(
             model, "BERT-style self-attention (a module with query, key and value nn.Linear layers, as in "
             "BERT, MiniLM, RoBERTa)"
         )
+    if layers is not None:
+        chosen = list(layers)
+        if not chosen or len(set(chosen)) != len(chosen) or not all(
+                isinstance(i, int) and 0 <= i < len(targets) for i in chosen) or chosen != sorted(chosen):
+            raise ValueError(f"layers must be distinct increasing layer numbers from 0 to {len(targets) - 1} (this model "
+                             f"has {len(targets)} self-attention layers), got {layers!r}; e.g. the top 3: "
+                             f"{list(range(len(targets) - 3, len(targets)))}")
+        targets = [targets[i] for i in chosen]
     first = targets[0][1]
     for name, module in targets:
         if getattr(module, "is_decoder", False) or getattr(module, "position_embedding_type", "absolute") != "absolute":
@@ -287,6 +299,38 @@ def apply_prefix(
     return model
 
 
+@torch.no_grad()
+def prefix_from_text(model: nn.Module, tokenizer, text: str, num_virtual_tokens: int,
+                     layers: Sequence[int] | None = None) -> torch.Tensor:
+    """A prefix initialised from real words (Li & Liang §7.2): the frozen ``model``'s own keys and values
+    of the first P tokens of ``text`` in every self-attention layer (or in ``layers``), laid out as
+    ``PrefixEncoder.flat``: row i = [k₀ᵢ ; v₀ᵢ ; k₁ᵢ ; v₁ᵢ ; …], shape (P, len(layers) · 2 · hidden).
+
+    ``model``: a BERT-like encoder without prefixes (run in eval mode, so no dropout and no random state
+    is used). Copy the result into ``PrefixEncoder.prefix``.
+    """
+    targets = [module for module in model.modules() if _is_self_attention(module)]
+    if not targets:
+        raise no_target_error(model, "BERT-style self-attention (query, key and value nn.Linear layers)")
+    chosen = range(len(targets)) if layers is None else list(layers)
+    encoded = tokenizer(text, return_tensors="pt").to(targets[0].query.weight.device)
+    if encoded["input_ids"].shape[1] < num_virtual_tokens:
+        raise ValueError(f"the text has {encoded['input_ids'].shape[1]} tokens, fewer than the {num_virtual_tokens} "
+                         f"virtual tokens to initialise: use a longer text or a smaller P")
+    captured: dict[tuple[int, str], torch.Tensor] = {}
+    hooks = [getattr(targets[layer], kind).register_forward_hook(
+                 lambda module, inputs, output, key=(layer, kind): captured.__setitem__(key, output[0, :num_virtual_tokens]))
+             for layer in chosen for kind in ("key", "value")]
+    was_training = model.training
+    try:
+        model.eval()(**encoded)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return torch.cat([captured[layer, kind] for layer in chosen for kind in ("key", "value")], dim=1)
+
+
 class MultiTaskPrefixModel(MultiTaskPEFTModel):
     """Multi-task prefix-tuning: a frozen trunk whose every self-attention layer holds one prefix per
     task, and one head per task.
@@ -294,7 +338,8 @@ class MultiTaskPrefixModel(MultiTaskPEFTModel):
     An example of task t attends to task t's prefixes in every layer, then goes to head t.
     ``forward(x, "sentiment")`` and ``forward(x, ["sentiment", "pos", ...])`` follow
     ``HardSharingModel``, in training too (a mixed batch gives each example its own task's prefix).
-    trunk: e.g. ``TextEncoderTrunk(backbone, tokenizer)``.
+    trunk: e.g. ``TextEncoderTrunk(backbone, tokenizer)``. layers: the layers that get prefixes (None:
+    all; ``apply_prefix``).
     """
 
     save_format = "mtl_tutorial.prefix.task/1"
@@ -305,9 +350,11 @@ class MultiTaskPrefixModel(MultiTaskPEFTModel):
         heads: Mapping[str, nn.Module],
         num_virtual_tokens: int = 10,
         projection_hidden: int | None = None,
+        layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__(trunk, heads)
-        apply_prefix(self.trunk, num_virtual_tokens, projection_hidden, tasks=self.tasks)
+        self.prefixed_layers = None if layers is None else list(layers)
+        apply_prefix(self.trunk, num_virtual_tokens, projection_hidden, tasks=self.tasks, layers=layers)
 
     def task_peft_state_dict(self, task: str) -> dict[str, torch.Tensor]:
         """``prefix.prefix`` (P, N · 2 · hidden), or ``prefix.embedding`` and ``prefix.transform.*``
@@ -317,13 +364,15 @@ class MultiTaskPrefixModel(MultiTaskPEFTModel):
 
     def task_metadata(self) -> dict[str, str]:
         encoder = self.trunk.prefix_encoder
-        return {"num_virtual_tokens": str(encoder.num_virtual_tokens), "projection_hidden": str(encoder.projection_hidden)}
+        return {"num_virtual_tokens": str(encoder.num_virtual_tokens), "projection_hidden": str(encoder.projection_hidden),
+                "layers": json.dumps(self.prefixed_layers)}
 
     @classmethod
     def arguments_from_metadata(cls, metadata: dict[str, str]) -> dict:
         projection = metadata["projection_hidden"]
         return {"num_virtual_tokens": int(metadata["num_virtual_tokens"]),
-                "projection_hidden": None if projection == "None" else int(projection)}
+                "projection_hidden": None if projection == "None" else int(projection),
+                "layers": json.loads(metadata.get("layers", "null"))}
 
 
 def copy_to_peft(encoder: PrefixEncoder, peft_model: nn.Module, adapter_name: str = "default") -> None:

@@ -48,7 +48,8 @@ def text_config(label: str, method: str, seed: int, *, tasks: Sequence[str] = WO
     body_lr: Adam's step size inside the backbone (None: the method's customary ``BODY_LR``).
     extra: further settings, recorded only when given (so that older configs keep their hashes):
     ``activation`` and ``adapter_layers`` of per-task adapters, ``lora_targets`` of LoRA, ``merges``
-    (chapter 10), ``projection_hidden`` of reparameterised prefixes (chapter 09).
+    (chapter 10), ``projection_hidden``, ``prefix_layers``, ``prefix_words`` and ``position_offset`` of
+    prefix-tuning (chapter 09; ``showdown.build_model``).
     """
     customary = body_lr_of(method)   # checks the method's name
     body_lr = customary if body_lr is None else body_lr
@@ -98,7 +99,9 @@ def train_text_config(config: dict, device: torch.device | None = None, keep_mod
                      keep_model=keep_model, bottleneck_size=config["bottleneck_size"] or BOTTLENECK_SIZE,
                      device=device, head_lr=config["head_lr"], body_lr=config["body_lr"],
                      activation=config.get("activation", "gelu"), adapter_layers=config.get("adapter_layers"),
-                     lora_targets=config.get("lora_targets", QUERY_VALUE), projection_hidden=config.get("projection_hidden"))
+                     lora_targets=config.get("lora_targets", QUERY_VALUE), projection_hidden=config.get("projection_hidden"),
+                     prefix_layers=config.get("prefix_layers"), prefix_words=config.get("prefix_words"),
+                     position_offset=config.get("position_offset", 0))
     test_examples = {task: len(test_tasks[task]) for task in config["tasks"]}
     history = row.history
     metrics = {
