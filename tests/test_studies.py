@@ -144,13 +144,13 @@ def test_reproduction_verdict_counts_test_examples(tmp_path, clean_code):
 
 
 def test_the_chapter_studies_have_primary_comparisons_of_their_own_runs_and_five_seeds():
-    for chapter in ("07", "08", "10"):
+    for chapter in ("07", "08", "09", "10"):
         study = get_study(chapter)
         labels = {config["label"] for config in study.configs()}
         assert 1 <= len(study.primary) <= 3 and len(study.default_seeds) >= 5
         assert all({c.a, c.b} <= labels for c in study.primary)
         assert all(config["epochs"] >= 1 for config in study.configs())
-    with pytest.raises(ValueError, match="studies exist for chapters: 07, 08, 10"):
+    with pytest.raises(ValueError, match="studies exist for chapters: 07, 08, 09, 10"):
         get_study("05")
 
 
@@ -162,6 +162,24 @@ def test_chapters_10_and_08_borrow_the_runs_they_share_config_for_config():
     tens = {config_hash(c) for c in get_study("10").configs()}
     eight = [c for c in get_study("08").configs() if config_hash(c) in tens]
     assert sorted({c["label"] for c in eight}) == ["LoRA r=16", "LoRA r=4", "LoRA r=8", "frozen features", "shared LoRA r=8"]
+    nine = [c for c in get_study("09").configs() if config_hash(c) in tens]
+    assert sorted({c["label"] for c in nine}) == ["frozen features", "prefix-tuning", "prompt tuning"]
+    assert len(nine) == 3 * len(get_study("09").default_seeds)
+
+
+def test_chapter_09s_runs_change_the_direct_prefix_in_one_or_two_settings_each():
+    study, exercises = get_study("09"), get_study("09", exercises=True)
+    direct = next(c for c in study.configs() if c["label"] == "prefix-tuning" and c["seed"] == 0)
+    expected = {"prefix-tuning": set(), "reparameterised prefix, lr 0.01": {"projection_hidden"},
+                "reparameterised prefix, lr 0.001": {"projection_hidden", "body_lr"}, "direct prefix, lr 0.001": {"body_lr"},
+                "prefix-tuning, real-word start": {"prefix_words"}, "prefix-tuning, top 3 layers": {"prefix_layers"},
+                "prefix-tuning, top layer": {"prefix_layers"}, "prefix-tuning, peft's positions": {"position_offset"}}
+    runs = [c for c in study.configs(seeds=[0]) if c["method"] == "prefix-tuning"] + exercises.configs(seeds=[0])
+    assert sorted(c["label"] for c in runs) == sorted(expected)
+    for config in runs:
+        changed = {k for k in set(config) | set(direct) if k != "label" and config.get(k) != direct.get(k)}
+        assert changed == expected[config["label"]], config["label"]
+    assert len(exercises.configs()) == 4 * len(study.default_seeds)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks" / "results").glob("*.jsonl")))
@@ -188,7 +206,7 @@ def test_the_study_command_dry_run_prints_the_grid_and_its_time(capsys):
     assert "20 runs" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "message"), [(["study", "05"], "studies exist for chapters: 07, 08, 10"),
+@pytest.mark.parametrize(("argv", "message"), [(["study", "05"], "studies exist for chapters: 07, 08, 09, 10"),
                                                (["study", "07", "--seeds", "1"], "--seeds must be >= 2"),
                                                (["study", "07", "--device", "cuda:7"], "")])
 def test_the_study_command_refuses_bad_input_with_a_message(argv, message, capsys):
