@@ -12,7 +12,9 @@ import pytest
 
 from mtl_tutorial.studies import get_study, load_study, reproduction_verdict, run_configs, run_study
 from mtl_tutorial.studies import runner
+from mtl_tutorial.studies.prefix_tuning import exercise_one_configs
 from mtl_tutorial.studies.runner import config_hash, read_rows
+from mtl_tutorial.studies.text_runs import steps_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -172,13 +174,18 @@ def test_chapter_09s_runs_change_the_direct_prefix_in_one_or_two_settings_each()
     direct = next(c for c in study.configs() if c["label"] == "prefix-tuning" and c["seed"] == 0)
     expected = {"prefix-tuning": set(), "reparameterised prefix, lr 0.01": {"projection_hidden"},
                 "reparameterised prefix, lr 0.001": {"projection_hidden", "body_lr"}, "direct prefix, lr 0.001": {"body_lr"},
-                "prefix-tuning, real-word start": {"prefix_words"}, "prefix-tuning, top layer": {"prefix_layers"}, "prefix-tuning, peft's positions": {"position_offset"}}
+                "prefix-tuning, top layer": {"prefix_layers"}, "prefix-tuning, peft's positions": {"position_offset"}}
     runs = [c for c in study.configs(seeds=[0]) if c["method"] == "prefix-tuning"] + exercises.configs(seeds=[0])
     assert sorted(c["label"] for c in runs) == sorted(expected)
     for config in runs:
         changed = {k for k in set(config) | set(direct) if k != "label" and config.get(k) != direct.get(k)}
         assert changed == expected[config["label"]], config["label"]
-    assert len(exercises.configs()) == 3 * len(study.default_seeds)
+    assert len(exercises.configs()) == 2 * len(study.default_seeds)
+    first_steps = exercise_one_configs([0, 1])   # exercise 1: 30 steps of the direct prefix, random and real-word starts
+    assert [steps_for(c) for c in first_steps] == [30] * 4 and [c["seed"] for c in first_steps] == [0, 0, 1, 1]
+    random_start, real_words = first_steps[:2]
+    assert {k for k in set(random_start) | set(real_words) if random_start.get(k) != real_words.get(k)} == {"label", "prefix_words"}
+    assert {k for k in set(random_start) | set(direct) if random_start.get(k) != direct.get(k)} == {"epochs"}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks" / "results").glob("*.jsonl")))
