@@ -110,12 +110,17 @@ class TextEncoderTrunk(nn.Module):
     """A BERT-like encoder as a trunk: a list of B texts -> mean-pooled features (B, H).
 
     Tokenises inside ``forward`` (padding, truncation to ``max_length``), so batches of raw texts
-    from ``MultiTaskDataset`` go straight in.
+    from ``MultiTaskDataset`` go straight in. position_offset: the tokens sit at positions
+    offset … offset + L − 1 instead of 0 … L − 1 (peft's numbering behind a prefix of P = offset
+    virtual tokens, chapter 09).
     """
 
-    def __init__(self, encoder: nn.Module, tokenizer: Any, max_length: int = 128) -> None:
+    def __init__(self, encoder: nn.Module, tokenizer: Any, max_length: int = 128, position_offset: int = 0) -> None:
         super().__init__()
+        if not isinstance(position_offset, int) or position_offset < 0:
+            raise ValueError(f"position_offset must be an int >= 0, got {position_offset!r}")
         self.encoder, self.tokenizer, self.max_length = encoder, tokenizer, max_length
+        self.position_offset = position_offset
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         if isinstance(texts, str):
@@ -124,6 +129,9 @@ class TextEncoderTrunk(nn.Module):
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(device)
+        if self.position_offset:
+            length = batch["input_ids"].shape[1]
+            batch["position_ids"] = torch.arange(self.position_offset, self.position_offset + length, device=device).expand(len(texts), -1)
         return mean_pool(self.encoder(**batch).last_hidden_state, batch["attention_mask"])
 
 

@@ -28,12 +28,14 @@ embeddings only (``PromptTunedEncoder``); the layers see them through attention,
 inside the layers.
 
 Layout, as in peft: the layers (``PrefixEncoder``, ``PrefixSelfAttention``), the injection
-(``apply_prefix``), the bookkeeping (``MultiTaskPrefixModel``, ``copy_to_peft``), then prompt
-tuning (``PromptTunedEncoder``).
+(``apply_prefix``, ``prefix_from_text``), the bookkeeping (``MultiTaskPrefixModel``, ``copy_to_peft``), a measurement
+(``PrefixStepRecorder``: how far P_θ moves per optimizer step), then prompt tuning
+(``PromptTunedEncoder``).
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
@@ -72,9 +74,8 @@ class PrefixEncoder(nn.Module):
       peft does (the frozen keys of MiniLM have a standard deviation of about 1).
     - reparameterised (Li & Liang §4.3): P_θ[i] = W₂ tanh(W₁ E[i] + b₁) + b₂, with ``embedding`` E
       (P, hidden) and ``transform`` = Linear(hidden, M), Tanh, Linear(M, N · 2 · hidden) (peft's
-      ``prefix_projection=True``). With Adam it needs a much smaller step size than the direct
-      prefix (chapter 09: 10⁻³ trains, 10⁻² collapses): every MLP weight moves by about lr per step,
-      and each prefix entry sums the moves of M of them.
+      ``prefix_projection=True``). Chapter 09 measures which Adam step sizes it trains at, and how
+      far its P_θ moves per step (``PrefixStepRecorder``), against the direct prefix.
     """
 
     def __init__(
@@ -251,6 +252,7 @@ def apply_prefix(
     num_virtual_tokens: int = 10,
     projection_hidden: int | None = None,
     tasks: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
 ) -> nn.Module:
     """Give every self-attention layer of a BERT-like ``model`` a prefix, freeze everything else, and
     return ``model`` (changed in place).
@@ -258,7 +260,9 @@ def apply_prefix(
     Each ``BertSelfAttention`` becomes a ``PrefixSelfAttention`` around it; the prefix parameters are
     registered once, as ``model.prefix_encoder``: a ``PrefixEncoder`` (``tasks=None``) or a
     ``MultiTaskPrefixEncoder`` (one prefix per task). ``projection_hidden``: the width M of the
-    reparameterising MLP, or None for direct prefixes.
+    reparameterising MLP, or None for direct prefixes. ``layers``: the self-attention layers that get
+    a prefix, counted from 0 at the input (None: all); the prefix encoder then holds len(layers)
+    layers, its layer i belonging to ``layers[i]``.
     """
     if any(isinstance(module, PrefixSelfAttention) for module in model.modules()):
         raise ValueError(
@@ -271,6 +275,14 @@ def apply_prefix(
             model, "BERT-style self-attention (a module with query, key and value nn.Linear layers, as in "
             "BERT, MiniLM, RoBERTa)"
         )
+    if layers is not None:
+        chosen = list(layers)
+        if not chosen or len(set(chosen)) != len(chosen) or not all(
+                isinstance(i, int) and 0 <= i < len(targets) for i in chosen) or chosen != sorted(chosen):
+            raise ValueError(f"layers must be distinct increasing layer numbers from 0 to {len(targets) - 1} (this model "
+                             f"has {len(targets)} self-attention layers), got {layers!r}; e.g. the top 3: "
+                             f"{list(range(len(targets) - 3, len(targets)))}")
+        targets = [targets[i] for i in chosen]
     first = targets[0][1]
     for name, module in targets:
         if getattr(module, "is_decoder", False) or getattr(module, "position_embedding_type", "absolute") != "absolute":
@@ -287,6 +299,38 @@ def apply_prefix(
     return model
 
 
+@torch.no_grad()
+def prefix_from_text(model: nn.Module, tokenizer, text: str, num_virtual_tokens: int,
+                     layers: Sequence[int] | None = None) -> torch.Tensor:
+    """A prefix initialised from real words (Li & Liang §7.2): the frozen ``model``'s own keys and values
+    of the first P tokens of ``text`` in every self-attention layer (or in ``layers``), laid out as
+    ``PrefixEncoder.flat``: row i = [k₀ᵢ ; v₀ᵢ ; k₁ᵢ ; v₁ᵢ ; …], shape (P, len(layers) · 2 · hidden).
+
+    ``model``: a BERT-like encoder without prefixes (run in eval mode, so no dropout and no random state
+    is used). Copy the result into ``PrefixEncoder.prefix``.
+    """
+    targets = [module for module in model.modules() if _is_self_attention(module)]
+    if not targets:
+        raise no_target_error(model, "BERT-style self-attention (query, key and value nn.Linear layers)")
+    chosen = range(len(targets)) if layers is None else list(layers)
+    encoded = tokenizer(text, return_tensors="pt").to(targets[0].query.weight.device)
+    if encoded["input_ids"].shape[1] < num_virtual_tokens:
+        raise ValueError(f"the text has {encoded['input_ids'].shape[1]} tokens, fewer than the {num_virtual_tokens} "
+                         f"virtual tokens to initialise: use a longer text or a smaller P")
+    captured: dict[tuple[int, str], torch.Tensor] = {}
+    hooks = [getattr(targets[layer], kind).register_forward_hook(
+                 lambda module, inputs, output, key=(layer, kind): captured.__setitem__(key, output[0, :num_virtual_tokens]))
+             for layer in chosen for kind in ("key", "value")]
+    was_training = model.training
+    try:
+        model.eval()(**encoded)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return torch.cat([captured[layer, kind] for layer in chosen for kind in ("key", "value")], dim=1)
+
+
 class MultiTaskPrefixModel(MultiTaskPEFTModel):
     """Multi-task prefix-tuning: a frozen trunk whose every self-attention layer holds one prefix per
     task, and one head per task.
@@ -294,7 +338,8 @@ class MultiTaskPrefixModel(MultiTaskPEFTModel):
     An example of task t attends to task t's prefixes in every layer, then goes to head t.
     ``forward(x, "sentiment")`` and ``forward(x, ["sentiment", "pos", ...])`` follow
     ``HardSharingModel``, in training too (a mixed batch gives each example its own task's prefix).
-    trunk: e.g. ``TextEncoderTrunk(backbone, tokenizer)``.
+    trunk: e.g. ``TextEncoderTrunk(backbone, tokenizer)``. layers: the layers that get prefixes (None:
+    all; ``apply_prefix``).
     """
 
     save_format = "mtl_tutorial.prefix.task/1"
@@ -305,9 +350,11 @@ class MultiTaskPrefixModel(MultiTaskPEFTModel):
         heads: Mapping[str, nn.Module],
         num_virtual_tokens: int = 10,
         projection_hidden: int | None = None,
+        layers: Sequence[int] | None = None,
     ) -> None:
         super().__init__(trunk, heads)
-        apply_prefix(self.trunk, num_virtual_tokens, projection_hidden, tasks=self.tasks)
+        self.prefixed_layers = None if layers is None else list(layers)
+        apply_prefix(self.trunk, num_virtual_tokens, projection_hidden, tasks=self.tasks, layers=layers)
 
     def task_peft_state_dict(self, task: str) -> dict[str, torch.Tensor]:
         """``prefix.prefix`` (P, N · 2 · hidden), or ``prefix.embedding`` and ``prefix.transform.*``
@@ -317,13 +364,15 @@ class MultiTaskPrefixModel(MultiTaskPEFTModel):
 
     def task_metadata(self) -> dict[str, str]:
         encoder = self.trunk.prefix_encoder
-        return {"num_virtual_tokens": str(encoder.num_virtual_tokens), "projection_hidden": str(encoder.projection_hidden)}
+        return {"num_virtual_tokens": str(encoder.num_virtual_tokens), "projection_hidden": str(encoder.projection_hidden),
+                "layers": json.dumps(self.prefixed_layers)}
 
     @classmethod
     def arguments_from_metadata(cls, metadata: dict[str, str]) -> dict:
         projection = metadata["projection_hidden"]
         return {"num_virtual_tokens": int(metadata["num_virtual_tokens"]),
-                "projection_hidden": None if projection == "None" else int(projection)}
+                "projection_hidden": None if projection == "None" else int(projection),
+                "layers": json.loads(metadata.get("layers", "null"))}
 
 
 def copy_to_peft(encoder: PrefixEncoder, peft_model: nn.Module, adapter_name: str = "default") -> None:
@@ -350,6 +399,71 @@ def copy_to_peft(encoder: PrefixEncoder, peft_model: nn.Module, adapter_name: st
             target.transform.load_state_dict(encoder.transform.state_dict())
         else:
             target.embedding.weight.copy_(encoder.prefix)
+
+
+class PrefixStepRecorder:
+    """How far each task's effective prefix P_θ moves per optimizer step, read off the optimizer:
+    ``with PrefixStepRecorder(model.trunk.prefix_encoder, optimizer) as steps: train(...)``.
+
+    After optimizer step k (k = 1, 2, …), for every task t:
+
+        entry_rms[t][k-1]      = ‖P_θ(k) − P_θ(k−1)‖ / √(P · N · 2H)     (root mean square change of one entry)
+        parameter_step[t][k-1] = mean |θ(k) − θ(k−1)|                     (over the task's trained numbers)
+
+    θ is P_θ itself for a direct prefix and (E, W₁, b₁, W₂, b₂) for a reparameterised one, so the
+    second list shows the optimizer's step per number and the first what it does to the prefix the
+    layers read. ``mean_abs[t]`` = (mean |P_θ| entry at the start, at the end). The measurement reads
+    the parameters under ``torch.no_grad`` and touches no random state: a recorded run trains exactly
+    as an unrecorded one.
+    """
+
+    def __init__(self, prefix_encoder: PrefixEncoder | MultiTaskPrefixEncoder, optimizer: torch.optim.Optimizer) -> None:
+        if isinstance(prefix_encoder, PrefixEncoder):
+            self.encoders = {"prefix": prefix_encoder}
+        elif isinstance(prefix_encoder, MultiTaskPrefixEncoder):
+            self.encoders = dict(prefix_encoder.encoders.items())
+        else:
+            raise TypeError(f"expected a PrefixEncoder or MultiTaskPrefixEncoder (model.trunk.prefix_encoder of a "
+                            f"MultiTaskPrefixModel), got {type(prefix_encoder).__name__}")
+        self.optimizer = optimizer
+        self.entry_rms: dict[str, list[float]] = {task: [] for task in self.encoders}
+        self.parameter_step: dict[str, list[float]] = {task: [] for task in self.encoders}
+        self.mean_abs: dict[str, tuple[float, float]] = {}
+
+    @torch.no_grad()
+    def _snapshot(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """task -> (P_θ, all its trained numbers as one vector), copied."""
+        return {task: (encoder.flat().detach().clone(),
+                       torch.cat([p.detach().reshape(-1) for p in encoder.parameters()]).clone())
+                for task, encoder in self.encoders.items()}
+
+    @torch.no_grad()
+    def _after_step(self, *_: object) -> None:
+        now = self._snapshot()
+        for task, (prefix, numbers) in now.items():
+            last_prefix, last_numbers = self._last[task]
+            self.entry_rms[task].append((prefix - last_prefix).pow(2).mean().sqrt().item())
+            self.parameter_step[task].append((numbers - last_numbers).abs().mean().item())
+        self._last = now
+
+    def __enter__(self) -> PrefixStepRecorder:
+        self._last = self._snapshot()
+        self._start = {task: prefix.abs().mean().item() for task, (prefix, _) in self._last.items()}
+        self._handle = self.optimizer.register_step_post_hook(self._after_step)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+        self.mean_abs = {task: (self._start[task], prefix.abs().mean().item()) for task, (prefix, _) in self._last.items()}
+
+    def summary(self, digits: int = 4) -> dict[str, dict]:
+        """The recorded lists as JSON-able values with ``digits`` significant digits (for a results line)."""
+        def short(value: float) -> float:
+            return float(f"{value:.{digits}g}")
+
+        return {"entry_rms": {t: [short(v) for v in values] for t, values in self.entry_rms.items()},
+                "parameter_step": {t: [short(v) for v in values] for t, values in self.parameter_step.items()},
+                "mean_abs": {t: [short(v) for v in values] for t, values in self.mean_abs.items()}}
 
 
 class PromptTunedEncoder(nn.Module):

@@ -20,6 +20,7 @@ backbone, one LoRA, one prompt); adapters, LoRA and prefixes keep one set per ta
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import statistics
@@ -42,7 +43,7 @@ from mtl_tutorial.features import frozen_features
 from mtl_tutorial.lora import MultiTaskLoRAModel, apply_lora
 from mtl_tutorial.models import HardSharingModel, TextEncoderTrunk
 from mtl_tutorial.multitask_peft import MultiTaskPEFTModel
-from mtl_tutorial.prefix import MultiTaskPrefixModel, PromptTunedEncoder
+from mtl_tutorial.prefix import MultiTaskPrefixModel, PrefixStepRecorder, PromptTunedEncoder, prefix_from_text
 from mtl_tutorial.runtime import check_device, seed_everything
 from mtl_tutorial.training import History, accuracy, evaluate, train
 
@@ -80,16 +81,27 @@ def body_lr_of(method: str) -> float | None:
 
 def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str, nn.Module], max_length: int,
                 bottleneck_size: int = BOTTLENECK_SIZE, activation: str = "gelu",
-                adapter_layers: Sequence[int] | None = None, lora_targets: Sequence[str] = QUERY_VALUE) -> nn.Module:
+                adapter_layers: Sequence[int] | None = None, lora_targets: Sequence[str] = QUERY_VALUE,
+                projection_hidden: int | None = None, prefix_layers: Sequence[int] | None = None,
+                prefix_words: Mapping[str, str] | None = None, position_offset: int = 0) -> nn.Module:
     """The model ``method`` trains, on a copy of ``backbone`` (left unchanged) with copies of ``heads``.
 
     ``FROZEN`` is the heads alone: they read features the frozen backbone computed once.
     ``ARTICLE_ADAPTERS``: the article's adapter stack after the frozen encoder, shared by the tasks.
     bottleneck_size, activation, adapter_layers: the adapters' m, σ and the transformer layers that
     get them (None: all), for the per-task adapter methods. lora_targets: the module-name patterns
-    LoRA wraps (``QUERY_VALUE``, or e.g. ``ALL_LINEAR``), for the LoRA methods.
+    LoRA wraps (``QUERY_VALUE``, or e.g. ``ALL_LINEAR``), for the LoRA methods. Prefix-tuning only:
+    projection_hidden, the width M of the MLP that reparameterises the prefixes (None: direct);
+    prefix_layers, the layers that get prefixes (None: all); prefix_words, task -> a text whose
+    keys and values start that task's prefix (``prefix.prefix_from_text``; None: N(0, 1));
+    position_offset, the first position of the real tokens (P: peft's numbering; 0: BERT's own).
     """
     _check_method(method)
+    prefix_options = {"projection_hidden": projection_hidden, "prefix_layers": prefix_layers, "prefix_words": prefix_words,
+                      "position_offset": position_offset or None}
+    given = [name for name, value in prefix_options.items() if value is not None]
+    if given and method != "prefix-tuning":
+        raise ValueError(f"{', '.join(given)} change prefix-tuning's prefixes; {method!r} has none (leave them out)")
     heads = copy.deepcopy(dict(heads))
     if method == FROZEN:
         return HardSharingModel(nn.Identity(), heads)
@@ -102,14 +114,23 @@ def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str,
         return HardSharingModel(TextEncoderTrunk(PromptTunedEncoder(encoder, NUM_VIRTUAL_TOKENS), tokenizer, max_length), heads)
     if method == "shared LoRA r=8":
         return HardSharingModel(TextEncoderTrunk(apply_lora(encoder, tuple(lora_targets), r=8, alpha=16), tokenizer, max_length), heads)
-    trunk = TextEncoderTrunk(encoder.requires_grad_(False), tokenizer, max_length)
+    trunk = TextEncoderTrunk(encoder.requires_grad_(False), tokenizer, max_length, position_offset)
     if method.endswith("adapters"):
         return MultiTaskAdapterModel(trunk, heads, bottleneck_size, placement=method.split()[0].lower(),
                                      activation=activation, layers=adapter_layers)
     if method.startswith("LoRA"):
         r = int(method.split("=")[1])
         return MultiTaskLoRAModel(trunk, heads, tuple(lora_targets), r=r, alpha=2 * r)
-    return MultiTaskPrefixModel(trunk, heads, NUM_VIRTUAL_TOKENS)
+    model = MultiTaskPrefixModel(trunk, heads, NUM_VIRTUAL_TOKENS, projection_hidden, prefix_layers)
+    if prefix_words is not None:
+        if projection_hidden is not None or set(prefix_words) != set(heads):
+            raise ValueError(f"prefix_words needs direct prefixes and one text per task ({', '.join(heads)}), "
+                             f"got texts for {', '.join(prefix_words)}")
+        with torch.no_grad():
+            for task, text in prefix_words.items():
+                model.trunk.prefix_encoder.encoders[task].prefix.copy_(
+                    prefix_from_text(backbone, tokenizer, text, NUM_VIRTUAL_TOKENS, prefix_layers))
+    return model
 
 
 def task_tensors(model: nn.Module, task: str) -> dict[str, torch.Tensor]:
@@ -154,6 +175,8 @@ class ShowdownRow:
     """The training run's ``History`` (per-step, per-task losses), for loss curves."""
     model: nn.Module | None = field(default=None, repr=False, compare=False)
     """The trained model, kept when ``showdown(..., keep_models=...)`` names its method."""
+    prefix_steps: dict | None = field(default=None, repr=False, compare=False)
+    """Prefix-tuning only: how far each task's prefix moved per step (``PrefixStepRecorder.summary``)."""
 
     @property
     def mean_score(self) -> float:
@@ -192,6 +215,10 @@ def run_method(
     activation: str = "gelu",
     adapter_layers: Sequence[int] | None = None,
     lora_targets: Sequence[str] = QUERY_VALUE,
+    projection_hidden: int | None = None,
+    prefix_layers: Sequence[int] | None = None,
+    prefix_words: Mapping[str, str] | None = None,
+    position_offset: int = 0,
 ) -> ShowdownRow:
     """Train ``method`` on the tasks for ``num_steps`` mixed batches with seed ``seed``, test it.
 
@@ -202,7 +229,9 @@ def run_method(
     and layers; lora_targets: where LoRA goes (``build_model``). device: where the model trains
     (default: the CPU); the frozen features are computed on the CPU and cached. head_lr, body_lr:
     Adam's step sizes of the heads and of what the method trains inside the backbone (default
-    ``HEAD_LR`` and ``BODY_LR[method]``).
+    ``HEAD_LR`` and ``BODY_LR[method]``). projection_hidden, prefix_layers, prefix_words,
+    position_offset: prefix-tuning's variants (``build_model``). Prefix-tuning runs also record how far
+    each task's prefix moved per step (``row.prefix_steps``).
     """
     _check_method(method)
     if num_steps < 1:
@@ -213,7 +242,7 @@ def run_method(
     seed_everything(seed)
     heads = {task: nn.Linear(backbone.config.hidden_size, train_tasks[task].num_classes) for task in tasks}
     model = build_model(method, backbone, tokenizer, heads, max_length, bottleneck_size, activation, adapter_layers,
-                        lora_targets)
+                        lora_targets, projection_hidden, prefix_layers, prefix_words, position_offset)
     if device is not None:
         model.to(check_device(device))
     if method == FROZEN:
@@ -234,7 +263,8 @@ def run_method(
     body_lr = body_lr_of(method) if body_lr is None else body_lr
     optimizer = torch.optim.Adam([{"params": model.heads.parameters(), "lr": head_lr}]
                                  + ([{"params": body, "lr": body_lr}] if body else []))
-    with StepClock(optimizer) as clock:
+    recorder = PrefixStepRecorder(model.trunk.prefix_encoder, optimizer) if isinstance(model, MultiTaskPrefixModel) else None
+    with StepClock(optimizer) as clock, recorder or contextlib.nullcontext():
         history = train(model, loader, loss_fns, num_steps, optimizer=optimizer, progress=False, device=device)
     results = evaluate(model, test_data, {"accuracy": accuracy})
     return ShowdownRow(
@@ -249,6 +279,7 @@ def run_method(
         memory_measure=memory["measure"],
         history=history,
         model=model if keep_model else None,
+        prefix_steps=recorder.summary() if recorder else None,
     )
 
 

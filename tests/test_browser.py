@@ -38,7 +38,7 @@ KNOB = re.compile(r"\b\w*(Slider|Dropdown)\(")
 # Chapters whose knob teaches (DESIGN.md): each must keep importing ipywidgets, so this test drives it.
 # 02: the task correlation and data size behind each transfer estimate; 05: the weighting strategy whose
 # losses and weights are shown; 06: CAGrad's c on the toy landscape; 07: the bottleneck size m; 09: the
-# prefix length P.
+# prefix run (parameterisation and step size) whose per-seed losses are shown.
 KNOB_CHAPTERS = {"01", "02", "03", "04", "05", "06", "07", "08", "09", "11"}
 
 SERVER_START_S = 90  # JupyterLab writes its runtime file

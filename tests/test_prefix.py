@@ -1,5 +1,6 @@
 """Prefix-tuning from scratch on the shipped MiniLM, checked against peft's prefix and prompt tuning."""
 
+import contextlib
 import copy
 import warnings
 
@@ -14,10 +15,13 @@ from mtl_tutorial.multitask_peft import set_active_task
 from mtl_tutorial.prefix import (
     MultiTaskPrefixModel,
     PrefixEncoder,
+    PrefixSelfAttention,
+    PrefixStepRecorder,
     PromptTunedEncoder,
     apply_prefix,
     copy_to_peft,
     extend_attention_mask,
+    prefix_from_text,
     prefix_parameter_count,
 )
 from mtl_tutorial.training import train
@@ -249,3 +253,103 @@ def test_a_deep_copy_has_its_own_prefixes():
     assert all(layer.attention.self.prefix_encoder is twin.prefix_encoder for layer in twin.encoder.layer)
     torch.testing.assert_close(model(input_ids=input_ids).last_hidden_state, before, rtol=0, atol=0)
     assert not torch.allclose(twin(input_ids=input_ids).last_hidden_state, before)
+
+
+@pytest.mark.parametrize("projection_hidden", [None, 16])
+def test_the_step_recorder_measures_each_tasks_prefix_move_and_changes_no_result(backbone, projection_hidden):
+    def trained(record):
+        model = make_model(backbone, projection_hidden).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        prefixes = model.trunk.prefix_encoder
+        before = {t: prefixes.encoders[t].flat().detach().clone() for t in CLASSES}
+        labels = {"sentiment": torch.tensor([0, 1, 2, 0]), "pos": torch.tensor([2, 3, 3, 2])}
+        loader = multitask_loader(MultiTaskDataset({task: (TEXTS, labels[task]) for task in CLASSES}), 8, mixed=True, seed=0)
+        recorder = PrefixStepRecorder(prefixes, optimizer)
+        torch.manual_seed(5)   # dropout
+        with recorder if record else contextlib.nullcontext():
+            train(model, loader, dict.fromkeys(CLASSES, nn.functional.cross_entropy), 2, optimizer=optimizer, progress=False)
+        return model, recorder, before
+
+    model, recorder, before = trained(record=True)
+    plain, _, _ = trained(record=False)
+    for task in CLASSES:   # recording reads, never changes, the run
+        torch.testing.assert_close(model.trunk.prefix_encoder.encoders[task].flat(),
+                                   plain.trunk.prefix_encoder.encoders[task].flat(), rtol=0, atol=0)
+        assert len(recorder.entry_rms[task]) == len(recorder.parameter_step[task]) == 2
+        after = model.trunk.prefix_encoder.encoders[task].flat().detach()
+        total = (after - before[task]).pow(2).mean().sqrt().item()
+        assert 0 < total <= sum(recorder.entry_rms[task]) + 1e-6   # the steps add up to the whole move (triangle inequality)
+        # Adam's first step moves every number with a gradient by lr · g / (|g| + eps) ≈ lr
+        assert recorder.parameter_step[task][0] == pytest.approx(0.01, rel=0.05)
+        start, end = recorder.mean_abs[task]
+        assert start == pytest.approx(before[task].abs().mean().item()) and end == pytest.approx(after.abs().mean().item())
+    if projection_hidden is None:   # direct: the prefix is the trained numbers, so both measures agree on step 1
+        assert recorder.entry_rms["pos"][0] == pytest.approx(0.01, rel=0.05)
+    summary = recorder.summary(digits=3)
+    assert set(summary) == {"entry_rms", "parameter_step", "mean_abs"} and len(summary["mean_abs"]["pos"]) == 2
+    with pytest.raises(TypeError, match="expected a PrefixEncoder or MultiTaskPrefixEncoder"):
+        PrefixStepRecorder(model.trunk, torch.optim.Adam(model.parameters()))
+
+
+def test_a_prefix_from_real_words_holds_the_texts_keys_and_values(backbone):
+    encoder, tokenizer = backbone
+    text = "the part of speech of a word from its dictionary gloss"
+    captured = {}
+    hooks = [module.register_forward_hook(lambda m, i, out, key=(l, kind): captured.__setitem__(key, out[0, :4]))
+             for l, layer in enumerate(encoder.encoder.layer) for kind, module in
+             [("key", layer.attention.self.key), ("value", layer.attention.self.value)]]
+    with torch.no_grad():
+        encoder(**tokenizer(text, return_tensors="pt"))
+    for hook in hooks:
+        hook.remove()
+    for layers in (None, [4, 5]):
+        flat = prefix_from_text(encoder, tokenizer, text, 4, layers)
+        chosen = list(range(6)) if layers is None else layers
+        assert flat.shape == (4, len(chosen) * 2 * 384)
+        prefix = PrefixEncoder(len(chosen), 12, 32, 4)
+        with torch.no_grad():
+            prefix.prefix.copy_(flat)
+            for i, l in enumerate(chosen):   # read back through the encoder's layout: layer i's keys and values
+                keys, values = prefix(layer=i)
+                torch.testing.assert_close(keys[0], captured[l, "key"].view(4, 12, 32).transpose(0, 1))
+                torch.testing.assert_close(values[0], captured[l, "value"].view(4, 12, 32).transpose(0, 1))
+    with pytest.raises(ValueError, match="the text has 3 tokens, fewer than the 4 virtual tokens"):
+        prefix_from_text(encoder, tokenizer, "move", 4)
+
+
+def test_prefixes_on_some_layers_only(backbone, tmp_path):
+    encoder, tokenizer = backbone
+    model = apply_prefix(copy.deepcopy(encoder), 3, layers=[4, 5])
+    wrapped = [isinstance(layer.attention.self, PrefixSelfAttention) for layer in model.encoder.layer]
+    assert wrapped == [False] * 4 + [True] * 2 and model.prefix_encoder.num_layers == 2
+    assert [layer.attention.self.layer for layer in model.encoder.layer[4:]] == [0, 1]
+    assert count_parameters(model, trainable_only=True) == prefix_parameter_count(2, 384, 3)
+    for bad in ([6], [5, 4], [], [1, 1]):
+        with pytest.raises(ValueError, match="layers must be distinct increasing layer numbers from 0 to 5"):
+            apply_prefix(copy.deepcopy(encoder), 3, layers=bad)
+    torch.manual_seed(0)
+    heads = {task: nn.Linear(384, k) for task, k in CLASSES.items()}
+    top = MultiTaskPrefixModel(TextEncoderTrunk(copy.deepcopy(encoder), tokenizer, 32), heads, 3, layers=[5]).eval()
+    top.save_task("pos", tmp_path / "pos.safetensors")
+    again = MultiTaskPrefixModel(TextEncoderTrunk(copy.deepcopy(encoder), tokenizer, 32), heads, 3, layers=[5]).eval()
+    again.load_task("pos", tmp_path / "pos.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(again(TEXTS, "pos"), top(TEXTS, "pos"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="layers='\\[5\\]' in the file but 'null' here"):
+        make_model(backbone).load_task("pos", tmp_path / "pos.safetensors")
+
+
+def test_a_trunk_can_number_its_tokens_as_peft_does(backbone):
+    from mtl_tutorial.backbone import mean_pool
+
+    encoder, tokenizer = backbone
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    length = batch["input_ids"].shape[1]
+    with torch.no_grad():
+        shifted = TextEncoderTrunk(encoder, tokenizer, 64, position_offset=3)(TEXTS)
+        expected = mean_pool(encoder(**batch, position_ids=torch.arange(3, 3 + length)[None]).last_hidden_state,
+                             batch["attention_mask"])
+        torch.testing.assert_close(shifted, expected)
+        assert not torch.allclose(shifted, TextEncoderTrunk(encoder, tokenizer, 64)(TEXTS), atol=1e-3)
+    with pytest.raises(ValueError, match="position_offset must be an int >= 0, got -1"):
+        TextEncoderTrunk(encoder, tokenizer, position_offset=-1)

@@ -6,6 +6,7 @@ from torch import nn
 
 from mtl_tutorial.backbone import count_parameters, load_backbone
 from mtl_tutorial.data import load_text_tasks
+from mtl_tutorial.prefix import prefix_from_text
 from mtl_tutorial.showdown import (
     FROZEN, METHODS, ShowdownRow, build_model, run_method, showdown, showdown_table, task_file_bytes, task_tensors,
 )
@@ -154,3 +155,30 @@ def test_lora_of_any_rank_and_on_every_linear_layer_builds_with_loras_step_size(
     for bad in ("LoRA r=0", "LoRA r=x", "lora r=8"):
         with pytest.raises(ValueError, match="'LoRA r=N' takes any rank"):
             body_lr_of(bad)
+
+
+def test_prefix_variants_build_what_they_say_and_only_for_prefix_tuning(backbone):
+    encoder, tokenizer = backbone
+    direct = build_model("prefix-tuning", *backbone, heads(), max_length=32)
+    reparameterised = build_model("prefix-tuning", *backbone, heads(), max_length=32, projection_hidden=16)
+    assert reparameterised.trunk.prefix_encoder.projection_hidden == 16 and direct.trunk.prefix_encoder.projection_hidden is None
+    top = build_model("prefix-tuning", *backbone, heads(), max_length=32, prefix_layers=[5], position_offset=10)
+    assert count_parameters(top, trainable_only=True) == HEADS + len(TASKS) * 2 * 10 * HIDDEN
+    assert top.trunk.position_offset == 10 and direct.trunk.position_offset == 0
+    words = {"supersense": "the supersense of a word from its dictionary gloss, one of many",
+             "pos": "the part of speech of a word from its dictionary gloss, noun or verb"}
+    started = build_model("prefix-tuning", *backbone, heads(), max_length=32, prefix_words=words)
+    for task, text in words.items():
+        torch.testing.assert_close(started.trunk.prefix_encoder.encoders[task].prefix,
+                                   prefix_from_text(encoder, tokenizer, text, 10), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="projection_hidden, prefix_layers change prefix-tuning's prefixes; 'LoRA r=4' has none"):
+        build_model("LoRA r=4", *backbone, heads(), max_length=32, projection_hidden=16, prefix_layers=[5])
+    with pytest.raises(ValueError, match="prefix_words needs direct prefixes and one text per task"):
+        build_model("prefix-tuning", *backbone, heads(), max_length=32, prefix_words={"pos": words["pos"]})
+
+
+def test_prefix_runs_record_how_far_each_prefix_moved_per_step(backbone, data):
+    row = run_method("prefix-tuning", 0, *backbone, *data, num_steps=2, batch_size=8, projection_hidden=16, body_lr=1e-3)
+    assert set(row.prefix_steps) == {"entry_rms", "parameter_step", "mean_abs"}
+    assert all(len(values) == 2 for values in row.prefix_steps["entry_rms"].values())
+    assert run_method("LoRA r=4", 0, *backbone, *data, num_steps=1, batch_size=8).prefix_steps is None

@@ -12,7 +12,9 @@ import pytest
 
 from mtl_tutorial.studies import get_study, load_study, reproduction_verdict, run_configs, run_study
 from mtl_tutorial.studies import runner
+from mtl_tutorial.studies.prefix_tuning import exercise_one_configs
 from mtl_tutorial.studies.runner import config_hash, read_rows
+from mtl_tutorial.studies.text_runs import steps_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -144,7 +146,7 @@ def test_reproduction_verdict_counts_test_examples(tmp_path, clean_code):
 
 
 def test_the_chapter_studies_have_primary_comparisons_of_their_own_runs_and_five_seeds():
-    for chapter in ("07", "08", "10"):
+    for chapter in ("07", "08", "09", "10"):
         study = get_study(chapter)
         labels = {config["label"] for config in study.configs()}
         assert 1 <= len(study.primary) <= 3 and len(study.default_seeds) >= 5
@@ -152,7 +154,7 @@ def test_the_chapter_studies_have_primary_comparisons_of_their_own_runs_and_five
         assert all(config["epochs"] >= 1 for config in study.configs())
         fast_labels = {config["label"] for config in study.grid((0, 1), fast=True)}   # fast mode prints the primaries too
         assert all({c.a, c.b} <= fast_labels for c in study.primary), chapter
-    with pytest.raises(ValueError, match="studies exist for chapters: 07, 08, 10"):
+    with pytest.raises(ValueError, match="studies exist for chapters: 07, 08, 09, 10, 11"):
         get_study("05")
 
 
@@ -164,6 +166,28 @@ def test_chapters_10_and_08_borrow_the_runs_they_share_config_for_config():
     tens = {config_hash(c) for c in get_study("10").configs()}
     eight = [c for c in get_study("08").configs() if config_hash(c) in tens]
     assert sorted({c["label"] for c in eight}) == ["LoRA r=16", "LoRA r=4", "LoRA r=8", "frozen features", "shared LoRA r=8"]
+    nine = [c for c in get_study("09").configs() if config_hash(c) in tens]
+    assert sorted({c["label"] for c in nine}) == ["frozen features", "prefix-tuning", "prompt tuning"]
+    assert len(nine) == 3 * len(get_study("09").default_seeds)
+
+
+def test_chapter_09s_runs_change_the_direct_prefix_in_one_or_two_settings_each():
+    study, exercises = get_study("09"), get_study("09", exercises=True)
+    direct = next(c for c in study.configs() if c["label"] == "prefix-tuning" and c["seed"] == 0)
+    expected = {"prefix-tuning": set(), "reparameterised prefix, lr 0.01": {"projection_hidden"},
+                "reparameterised prefix, lr 0.001": {"projection_hidden", "body_lr"}, "direct prefix, lr 0.001": {"body_lr"},
+                "prefix-tuning, top layer": {"prefix_layers"}, "prefix-tuning, peft's positions": {"position_offset"}}
+    runs = [c for c in study.configs(seeds=[0]) if c["method"] == "prefix-tuning"] + exercises.configs(seeds=[0])
+    assert sorted(c["label"] for c in runs) == sorted(expected)
+    for config in runs:
+        changed = {k for k in set(config) | set(direct) if k != "label" and config.get(k) != direct.get(k)}
+        assert changed == expected[config["label"]], config["label"]
+    assert len(exercises.configs()) == 2 * len(study.default_seeds)
+    first_steps = exercise_one_configs([0, 1])   # exercise 1: 30 steps of the direct prefix, random and real-word starts
+    assert [steps_for(c) for c in first_steps] == [30] * 4 and [c["seed"] for c in first_steps] == [0, 0, 1, 1]
+    random_start, real_words = first_steps[:2]
+    assert {k for k in set(random_start) | set(real_words) if random_start.get(k) != real_words.get(k)} == {"label", "prefix_words"}
+    assert {k for k in set(random_start) | set(direct) if random_start.get(k) != direct.get(k)} == {"epochs"}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "notebooks" / "results").glob("*.jsonl")))
@@ -190,7 +214,7 @@ def test_the_study_command_dry_run_prints_the_grid_and_its_time(capsys):
     assert "20 runs" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "message"), [(["study", "05"], "studies exist for chapters: 07, 08, 10"),
+@pytest.mark.parametrize(("argv", "message"), [(["study", "05"], "studies exist for chapters: 07, 08, 09, 10"),
                                                (["study", "07", "--seeds", "1"], "--seeds must be >= 2"),
                                                (["study", "07", "--device", "cuda:7"], "")])
 def test_the_study_command_refuses_bad_input_with_a_message(argv, message, capsys):

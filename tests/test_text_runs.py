@@ -26,6 +26,18 @@ def test_a_config_records_what_decides_the_run_and_extras_only_when_given():
         text_config("x", "LoRA r=8", 0, epochs=0)
 
 
+def test_a_step_size_other_than_the_customary_one_is_a_new_run_and_old_configs_keep_their_hashes():
+    # chapter 10's prefix-tuning, seed 0, as its results file holds it: chapter 09 borrows it by this hash
+    assert config_hash(text_config("prefix-tuning", "prefix-tuning", 0)) == "a64624d4ee776c62"
+    assert text_config("x", "prefix-tuning", 0, body_lr=None)["body_lr"] == 1e-2
+    slower = text_config("x", "prefix-tuning", 0, body_lr=1e-3, projection_hidden=512)
+    assert slower["body_lr"] == 1e-3 and slower["projection_hidden"] == 512
+    with pytest.raises(ValueError, match="'frozen features' trains nothing inside the backbone: leave body_lr None"):
+        text_config("x", "frozen features", 0, body_lr=1e-3)
+    with pytest.raises(ValueError, match="body_lr must be > 0, got 0"):
+        text_config("x", "prefix-tuning", 0, body_lr=0)
+
+
 def test_steps_are_epochs_times_the_batches_of_one_pass_over_all_tasks():
     config = text_config("x", "frozen features", 0, **TINY)   # 2 tasks x 8 examples, batches of 4
     assert steps_for(config) == 4 and steps_for({**config, "epochs": 2.5}) == 10

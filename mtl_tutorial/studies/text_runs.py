@@ -9,7 +9,8 @@ returns what a results line stores:
 - ``scores[task]`` (test accuracy), ``correct[task]`` and ``test_examples[task]`` (counts, for the
   reproduction check), ``majority[task]`` (the training majority class on the test labels);
 - ``trainable_parameters``, ``task_file_bytes[task]``, ``step_seconds`` (median), ``peak_memory_bytes``;
-- ``history``: the per-step training loss of each task (None where a batch held no example of it).
+- ``history``: the per-step training loss of each task (None where a batch held no example of it);
+- prefix-tuning only, ``prefix_steps``: how far each task's prefix moved per step (``prefix.PrefixStepRecorder``).
 
 Both studies use full-length glosses (``FULL_LENGTH`` tokens: the longest gloss has 70) and the same
 step sizes, so a run of one study is the same config as in the other and is borrowed, not rerun.
@@ -38,16 +39,24 @@ ADAPTER_METHODS = ("Houlsby adapters", "Pfeiffer adapters", "adapters after the 
 
 def text_config(label: str, method: str, seed: int, *, tasks: Sequence[str] = WORDNET_TASKS, epochs: float = 1.0,
                 batch_size: int = 16, max_length: int = FULL_LENGTH, train_examples: int | None = None,
-                test_examples: int | None = None, bottleneck_size: int = BOTTLENECK_SIZE, **extra) -> dict:
+                test_examples: int | None = None, bottleneck_size: int = BOTTLENECK_SIZE, body_lr: float | None = None,
+                **extra) -> dict:
     """A run as a config: everything that decides its result (and ``label``, its display name).
 
     train_examples, test_examples: per task (None: all shipped). epochs: passes over the training
     examples of all tasks together, in mixed batches. bottleneck_size is kept for adapter methods only.
+    body_lr: Adam's step size inside the backbone (None: the method's customary ``BODY_LR``).
     extra: further settings, recorded only when given (so that older configs keep their hashes):
     ``activation`` and ``adapter_layers`` of per-task adapters, ``lora_targets`` of LoRA, ``merges``
-    (chapter 10).
+    (chapter 10), ``projection_hidden``, ``prefix_layers``, ``prefix_words`` and ``position_offset`` of
+    prefix-tuning (chapter 09; ``showdown.build_model``).
     """
-    body_lr = body_lr_of(method)   # checks the method's name
+    customary = body_lr_of(method)   # checks the method's name
+    body_lr = customary if body_lr is None else body_lr
+    if customary is None and body_lr is not None:
+        raise ValueError(f"{method!r} trains nothing inside the backbone: leave body_lr None (got {body_lr!r})")
+    if body_lr is not None and not body_lr > 0:
+        raise ValueError(f"body_lr must be > 0, got {body_lr!r}")
     if not epochs > 0:
         raise ValueError(f"epochs must be > 0, got {epochs!r}")
     return {"label": label, "method": method, "seed": seed, "tasks": list(tasks), "epochs": epochs,
@@ -90,7 +99,9 @@ def train_text_config(config: dict, device: torch.device | None = None, keep_mod
                      keep_model=keep_model, bottleneck_size=config["bottleneck_size"] or BOTTLENECK_SIZE,
                      device=device, head_lr=config["head_lr"], body_lr=config["body_lr"],
                      activation=config.get("activation", "gelu"), adapter_layers=config.get("adapter_layers"),
-                     lora_targets=config.get("lora_targets", QUERY_VALUE))
+                     lora_targets=config.get("lora_targets", QUERY_VALUE), projection_hidden=config.get("projection_hidden"),
+                     prefix_layers=config.get("prefix_layers"), prefix_words=config.get("prefix_words"),
+                     position_offset=config.get("position_offset", 0))
     test_examples = {task: len(test_tasks[task]) for task in config["tasks"]}
     history = row.history
     metrics = {
@@ -106,6 +117,7 @@ def train_text_config(config: dict, device: torch.device | None = None, keep_mod
         "step_seconds": row.step_seconds,
         "peak_memory_bytes": row.peak_memory_bytes,
         "memory_measure": row.memory_measure,
+        **({"prefix_steps": row.prefix_steps} if row.prefix_steps is not None else {}),
         "history": {"steps": history.steps,
                     "losses": {task: [None if math.isnan(v) else round(v, 4) for v in values]
                                for task, values in history.losses.items()}},
@@ -121,7 +133,7 @@ def run_text_config(config: dict, device: torch.device | None = None, keep_model
 
 # seconds per training step on a quiet 2-core CPU (2 torch threads), full-length glosses, batches of 16
 _STEP_SECONDS = {"frozen features": 0.004, "full fine-tuning": 0.33, "Houlsby adapters": 0.25,
-                 "adapters after the encoder (article)": 0.08}
+                 "adapters after the encoder (article)": 0.08, "prefix-tuning": 0.35}
 
 
 def estimate_text_seconds(config: dict) -> float:
