@@ -5,16 +5,17 @@ difference itself, so a checked notebook output reads the same on every machine 
 (the last bits of a matmul move with the number of threads; a tolerance of 1e-5 does not).
 
 Also the argument checks that every floor shares (``check_task_data``, ``check_batch_size``,
-``check_count``, ``is_real_number``): the
+``check_count``, ``is_real_number``, and the command lines' ``int_argument`` and ``float_argument``): the
 data module, the loop and the methods (``relations``) check a task's data the same way, and a method
 may not import the data module (DESIGN.md, "Architecture").
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import torch
 from torch.utils.data import Dataset
@@ -112,3 +113,31 @@ def check_count(name: str, value: Any, minimum: int = 1) -> None:
 def is_real_number(value: Any) -> bool:
     """A real number (Python or numpy) that is not a bool: True is not a weight."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def int_argument(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``minimum``, so that a command refuses a bad value by its
+    option's name before it starts work (``--steps 0``: "'0' is not a whole number >= 1")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+        return value
+    return parse
+
+
+def float_argument(low: float, high: float = math.inf, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in [low, high] ((low, high] with ``low_open``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not (value > low if low_open else value >= low) or not value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number in {'(' if low_open else '['}{low:g}, "
+                                             f"{high:g}{')' if math.isinf(high) else ']'}")
+        return value
+    return parse

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import re
 import statistics
 import tempfile
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from mtl_tutorial.adapter import AdaptersAfterEncoder, MultiTaskAdapterModel
 from mtl_tutorial.backbone import count_parameters
 from mtl_tutorial.bench import StepClock, training_step_memory
+from mtl_tutorial.checks import check_count, is_real_number
 from mtl_tutorial.data import MultiTaskDataset, multitask_loader
 from mtl_tutorial.evidence import mean_interval
 from mtl_tutorial.features import frozen_features
@@ -234,11 +236,19 @@ def run_method(
     each task's prefix moved per step (``row.prefix_steps``).
     """
     _check_method(method)
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    check_count("num_steps", num_steps)
+    check_count("max_length", max_length, minimum=2)   # [CLS] and [SEP] take two tokens
+    for name, lr in (("head_lr", head_lr), ("body_lr", body_lr)):
+        if lr is not None and not (is_real_number(lr) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"{name} must be a finite step size > 0, got {lr!r}")
     tasks = list(train_tasks)
     if set(test_tasks) != set(tasks):
         raise ValueError(f"train and test tasks differ: {sorted(tasks)} vs {sorted(test_tasks)}")
+    if method == FROZEN and features is not None:
+        missing = [f"{split}/{task}" for split in ("train", "test") for task in tasks if task not in features.get(split, {})]
+        if missing:
+            raise ValueError(f"features lack {', '.join(missing)}; pass {{'train': {{task: (N, H)}}, 'test': {{...}}}} "
+                             f"for every task, or features=None to compute them")
     seed_everything(seed)
     heads = {task: nn.Linear(backbone.config.hidden_size, train_tasks[task].num_classes) for task in tasks}
     model = build_model(method, backbone, tokenizer, heads, max_length, bottleneck_size, activation, adapter_layers,
@@ -299,6 +309,8 @@ def showdown(
     """``run_method`` for every (method, seed), seeds outermost so that an interrupted run has whole
     seeds; frozen features are computed once. One progress bar over the runs. keep_models: the
     methods whose rows keep their trained models (for deployment and merging afterwards)."""
+    if not methods or not seeds:
+        raise ValueError(f"nothing to run: methods {list(methods)!r}, seeds {list(seeds)!r}; give at least one of each")
     for method in [*methods, *keep_models]:
         _check_method(method)
     features = None
@@ -325,6 +337,8 @@ def showdown_table(rows: Sequence[ShowdownRow], majority: Mapping[str, float] | 
 
     majority: task -> accuracy of always predicting the most frequent training class (a first row).
     with_scores: False leaves the accuracy columns out (the costs alone, beside ``evidence.score_table``)."""
+    if not rows:
+        raise ValueError("rows is empty; pass the ShowdownRows that showdown or run_method returned")
     shared_methods = ("full fine-tuning", "shared LoRA r=8", "prompt tuning", ARTICLE_ADAPTERS)  # one body for all tasks
     methods = list(dict.fromkeys(row.method for row in rows))
     tasks = list(rows[0].scores)

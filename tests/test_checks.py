@@ -1,10 +1,13 @@
-"""compare(): the one-line equality checker the notebooks print."""
+"""compare(): the one-line equality checker the notebooks print; the command lines' argument types."""
+
+import argparse
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from mtl_tutorial.checks import compare
+from mtl_tutorial.checks import compare, float_argument, int_argument
 
 
 def test_verdicts_name_the_tolerance_and_return_the_difference(capsys):
@@ -78,3 +81,35 @@ def test_check_count_and_is_real_number_refuse_bools_and_name_the_argument():
     with pytest.raises(ValueError, match="k must be >= 2, got 1"):
         check_count("k", 1, minimum=2)
     assert is_real_number(0.5) and is_real_number(np.float32(2)) and not is_real_number(True) and not is_real_number("1")
+
+
+def test_the_command_line_argument_types_refuse_what_they_cannot_use_by_value():
+    steps = int_argument(1)
+    assert steps("3") == 3
+    for text in ["0", "-2", "2.5", "ten", ""]:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"{text!r} is not a whole number >= 1")):
+            steps(text)
+    assert int_argument(0)("0") == 0
+    lr = float_argument(0.0, low_open=True)
+    assert lr("1e-3") == 1e-3
+    for text in ["0", "-1", "nan", "inf", "x"]:
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"{text!r} is not a finite number in (0, inf)")):
+            lr(text)
+    correlation = float_argument(-1.0, 1.0)
+    assert correlation("-1") == -1.0 and correlation("1") == 1.0
+    with pytest.raises(argparse.ArgumentTypeError, match=re.escape("'1.01' is not a finite number in [-1, 1]")):
+        correlation("1.01")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["lora", "--steps", "0"], "argument --steps: '0' is not a whole number >= 1"),
+    (["serve", "--batch-size", "-1"], "argument --batch-size: '-1' is not a whole number >= 1"),
+    (["lora", "--seq-len", "1"], "argument --seq-len: '1' is not a whole number >= 2"),
+    (["lora", "--warmup", "-1"], "argument --warmup: '-1' is not a whole number >= 0"),
+])
+def test_the_bench_command_refuses_bad_settings_before_timing_anything(argv, message, capsys):
+    from mtl_tutorial.bench import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -295,3 +295,20 @@ def test_a_missing_output_folder_is_refused_before_training(tmp_path, capsys):
         main(["--steps", "100000", "--output", str(tmp_path / "missing" / "x.json")])
     assert exit_.value.code == 2
     assert "does not exist; create it first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--steps", "0"], "argument --steps: '0' is not a whole number >= 1"),
+    (["--batch-size", "-4"], "argument --batch-size: '-4' is not a whole number >= 1"),
+    (["--lr", "nan"], "argument --lr: 'nan' is not a finite number in (0, inf)"),
+    (["--lr", "0"], "argument --lr: '0' is not a finite number in (0, inf)"),
+    (["--tasks", "1"], "argument --tasks: '1' is not a whole number >= 2"),
+    (["--correlation", "1.5"], "argument --correlation: '1.5' is not a finite number in [-1, 1]"),
+    (["--seed", "-1"], "argument --seed: '-1' is not a whole number >= 0"),
+    (["--steps", "ten"], "argument --steps: 'ten' is not a whole number >= 1"),
+])
+def test_the_entry_point_refuses_bad_settings_by_name_before_training(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err

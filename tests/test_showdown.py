@@ -1,5 +1,7 @@
 """The PEFT showdown harness: what each method trains, what a task's file holds, one row per run."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -182,3 +184,29 @@ def test_prefix_runs_record_how_far_each_prefix_moved_per_step(backbone, data):
     assert set(row.prefix_steps) == {"entry_rms", "parameter_step", "mean_abs"}
     assert all(len(values) == 2 for values in row.prefix_steps["entry_rms"].values())
     assert run_method("LoRA r=4", 0, *backbone, *data, num_steps=1, batch_size=8).prefix_steps is None
+
+
+@pytest.mark.parametrize(("settings", "error", "message"), [
+    ({"num_steps": 0}, ValueError, "num_steps must be >= 1, got 0"),
+    ({"num_steps": 2.5}, TypeError, "num_steps must be an int >= 1, got float 2.5"),
+    ({"max_length": 1}, ValueError, "max_length must be >= 2, got 1"),
+    ({"head_lr": 0.0}, ValueError, "head_lr must be a finite step size > 0, got 0.0"),
+    ({"body_lr": float("nan")}, ValueError, "body_lr must be a finite step size > 0, got nan"),
+    ({"method": FROZEN, "features": {"train": {}, "test": {}}}, ValueError,
+     "features lack train/supersense, train/pos, test/supersense, test/pos; pass"),
+])
+def test_run_method_refuses_bad_settings_before_training(backbone, data, settings, error, message):
+    train_tasks, test_tasks = data
+    arguments = {"method": "LoRA r=8", "seed": 0, "backbone": backbone[0], "tokenizer": backbone[1],
+                 "train_tasks": train_tasks, "test_tasks": test_tasks, "num_steps": 1, "max_length": 16} | settings
+    with pytest.raises(error, match=re.escape(message)):
+        run_method(**arguments)
+
+
+def test_showdown_and_its_table_refuse_an_empty_grid(backbone, data):
+    with pytest.raises(ValueError, match=re.escape("nothing to run: methods [], seeds [0]; give at least one of each")):
+        showdown([], [0], *backbone, *data, num_steps=1)
+    with pytest.raises(ValueError, match="nothing to run"):
+        showdown([FROZEN], [], *backbone, *data, num_steps=1)
+    with pytest.raises(ValueError, match="rows is empty; pass the ShowdownRows"):
+        showdown_table([])

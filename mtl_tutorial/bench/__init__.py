@@ -27,6 +27,7 @@ import os
 import torch
 
 from mtl_tutorial.backbone import load_backbone
+from mtl_tutorial.checks import int_argument
 # the package's names (chapters and tests import them from mtl_tutorial.bench)
 from mtl_tutorial.bench.parallel import ddp_table, ddp_throughput, precision_step_times, precision_table
 from mtl_tutorial.bench.serving import serving_setup, serving_table, serving_throughput
@@ -57,11 +58,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m mtl_tutorial.benc
         "tasks' LoRA in mixed batches vs merged per-task models vs adapter swapping (serve).",
     )
     parser.add_argument("which", choices=("lora", "aggregators", "solvers", "serve", "ddp"), help="what to time")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=64, help="tokens per example")
-    parser.add_argument("--rank", type=int, default=8, help="LoRA rank r (lora only)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (lora only)")
+    parser.add_argument("--batch-size", type=int_argument(1), default=32)
+    parser.add_argument("--seq-len", type=int_argument(2), default=64, help="tokens per example")
+    parser.add_argument("--rank", type=int_argument(1), default=8, help="LoRA rank r (lora only)")
+    parser.add_argument("--steps", type=int_argument(1), default=10, help="timed steps per configuration")
+    parser.add_argument("--warmup", type=int_argument(0), default=3, help="untimed steps first (lora only)")
     args = parser.parse_args(argv)
     if args.which == "ddp":
         batch_sizes = tuple(sorted({args.batch_size, 256, 1024}))

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from mtl_tutorial.aggregation import GradientAggregation
+from mtl_tutorial.checks import float_argument, int_argument
 from mtl_tutorial.data import MultiTaskDataset, multitask_loader
 from mtl_tutorial.distributed import init_distributed, rank, world_size
 from mtl_tutorial.distributed.experiment import correlated_tasks_setup
@@ -34,16 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         "data-parallel on every process that torchrun starts (one process without torchrun). --batch-size is "
         "the global batch, shared by the processes; rank 0 prints and writes --output.",
     )
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=64, help="global batch: all processes together")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int_argument(1), default=200)
+    parser.add_argument("--batch-size", type=int_argument(1), default=64, help="global batch: all processes together")
+    parser.add_argument("--lr", type=float_argument(0.0, low_open=True), default=1e-3)
     parser.add_argument("--weighting", choices=WEIGHTINGS, default="equal",
                         help="loss weighting (chapter 05) or gradient aggregator (chapter 06)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--tasks", type=int, default=2, help="number of tasks")
-    parser.add_argument("--correlation", type=float, default=0.5, help="correlation of the tasks' linear parts")
+    parser.add_argument("--tasks", type=int_argument(2), default=2, help="number of tasks")
+    parser.add_argument("--correlation", type=float_argument(-1.0, 1.0), default=0.5,
+                        help="correlation of the tasks' linear parts")
     parser.add_argument("--mixed", action="store_true", help="mixed batches (default: one task per batch)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int_argument(0), default=0)
     parser.add_argument("--output", metavar="FILE.json", help="rank 0 writes the History and test scores here")
     args = parser.parse_args(argv)
     if args.output:   # checked before training, not after it
