@@ -85,7 +85,8 @@ def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str,
                 bottleneck_size: int = BOTTLENECK_SIZE, activation: str = "gelu",
                 adapter_layers: Sequence[int] | None = None, lora_targets: Sequence[str] = QUERY_VALUE,
                 projection_hidden: int | None = None, prefix_layers: Sequence[int] | None = None,
-                prefix_words: Mapping[str, str] | None = None, position_offset: int = 0) -> nn.Module:
+                prefix_words: Mapping[str, str] | None = None, position_offset: int = 0,
+                num_virtual_tokens: int = NUM_VIRTUAL_TOKENS) -> nn.Module:
     """The model ``method`` trains, on a copy of ``backbone`` (left unchanged) with copies of ``heads``.
 
     ``FROZEN`` is the heads alone: they read features the frozen backbone computed once.
@@ -97,8 +98,12 @@ def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str,
     prefix_layers, the layers that get prefixes (None: all); prefix_words, task -> a text whose
     keys and values start that task's prefix (``prefix.prefix_from_text``; None: N(0, 1));
     position_offset, the first position of the real tokens (P: peft's numbering; 0: BERT's own).
+    num_virtual_tokens: P of prefix- and prompt tuning.
     """
     _check_method(method)
+    check_count("num_virtual_tokens", num_virtual_tokens)
+    if num_virtual_tokens != NUM_VIRTUAL_TOKENS and method not in ("prefix-tuning", "prompt tuning"):
+        raise ValueError(f"num_virtual_tokens is P of prefix- and prompt tuning; {method!r} has no virtual tokens")
     prefix_options = {"projection_hidden": projection_hidden, "prefix_layers": prefix_layers, "prefix_words": prefix_words,
                       "position_offset": position_offset or None}
     given = [name for name, value in prefix_options.items() if value is not None]
@@ -113,7 +118,7 @@ def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str,
     if method == ARTICLE_ADAPTERS:
         return HardSharingModel(TextEncoderTrunk(AdaptersAfterEncoder(encoder, bottleneck_size), tokenizer, max_length), heads)
     if method == "prompt tuning":
-        return HardSharingModel(TextEncoderTrunk(PromptTunedEncoder(encoder, NUM_VIRTUAL_TOKENS), tokenizer, max_length), heads)
+        return HardSharingModel(TextEncoderTrunk(PromptTunedEncoder(encoder, num_virtual_tokens), tokenizer, max_length), heads)
     if method == "shared LoRA r=8":
         return HardSharingModel(TextEncoderTrunk(apply_lora(encoder, tuple(lora_targets), r=8, alpha=16), tokenizer, max_length), heads)
     trunk = TextEncoderTrunk(encoder.requires_grad_(False), tokenizer, max_length, position_offset)
@@ -123,7 +128,7 @@ def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str,
     if method.startswith("LoRA"):
         r = int(method.split("=")[1])
         return MultiTaskLoRAModel(trunk, heads, tuple(lora_targets), r=r, alpha=2 * r)
-    model = MultiTaskPrefixModel(trunk, heads, NUM_VIRTUAL_TOKENS, projection_hidden, prefix_layers)
+    model = MultiTaskPrefixModel(trunk, heads, num_virtual_tokens, projection_hidden, prefix_layers)
     if prefix_words is not None:
         if projection_hidden is not None or set(prefix_words) != set(heads):
             raise ValueError(f"prefix_words needs direct prefixes and one text per task ({', '.join(heads)}), "
@@ -131,7 +136,7 @@ def build_model(method: str, backbone: nn.Module, tokenizer, heads: Mapping[str,
         with torch.no_grad():
             for task, text in prefix_words.items():
                 model.trunk.prefix_encoder.encoders[task].prefix.copy_(
-                    prefix_from_text(backbone, tokenizer, text, NUM_VIRTUAL_TOKENS, prefix_layers))
+                    prefix_from_text(backbone, tokenizer, text, num_virtual_tokens, prefix_layers))
     return model
 
 
@@ -221,6 +226,7 @@ def run_method(
     prefix_layers: Sequence[int] | None = None,
     prefix_words: Mapping[str, str] | None = None,
     position_offset: int = 0,
+    num_virtual_tokens: int = NUM_VIRTUAL_TOKENS,
 ) -> ShowdownRow:
     """Train ``method`` on the tasks for ``num_steps`` mixed batches with seed ``seed``, test it.
 
@@ -232,7 +238,7 @@ def run_method(
     (default: the CPU); the frozen features are computed on the CPU and cached. head_lr, body_lr:
     Adam's step sizes of the heads and of what the method trains inside the backbone (default
     ``HEAD_LR`` and ``BODY_LR[method]``). projection_hidden, prefix_layers, prefix_words,
-    position_offset: prefix-tuning's variants (``build_model``). Prefix-tuning runs also record how far
+    position_offset: prefix-tuning's variants, num_virtual_tokens: P of prefix- and prompt tuning (``build_model``). Prefix-tuning runs also record how far
     each task's prefix moved per step (``row.prefix_steps``).
     """
     _check_method(method)
@@ -252,7 +258,7 @@ def run_method(
     seed_everything(seed)
     heads = {task: nn.Linear(backbone.config.hidden_size, train_tasks[task].num_classes) for task in tasks}
     model = build_model(method, backbone, tokenizer, heads, max_length, bottleneck_size, activation, adapter_layers,
-                        lora_targets, projection_hidden, prefix_layers, prefix_words, position_offset)
+                        lora_targets, projection_hidden, prefix_layers, prefix_words, position_offset, num_virtual_tokens)
     if device is not None:
         model.to(check_device(device))
     if method == FROZEN:

@@ -210,3 +210,15 @@ def test_showdown_and_its_table_refuse_an_empty_grid(backbone, data):
         showdown([FROZEN], [], *backbone, *data, num_steps=1)
     with pytest.raises(ValueError, match="rows is empty; pass the ShowdownRows"):
         showdown_table([])
+
+
+def test_the_number_of_virtual_tokens_sets_prompt_and_prefix_sizes_and_nothing_else(backbone):
+    model, tokenizer = backbone
+    prompt = build_model("prompt tuning", model, tokenizer, heads(), 16, num_virtual_tokens=120)
+    assert count_parameters(prompt, trainable_only=True) - HEADS == 120 * HIDDEN   # one prompt, shared by the tasks
+    prefix = build_model("prefix-tuning", model, tokenizer, heads(), 16, num_virtual_tokens=3)
+    assert count_parameters(prefix, trainable_only=True) - HEADS == 2 * 3 * LAYERS * 2 * HIDDEN   # per task: P·N·2H
+    with pytest.raises(ValueError, match="num_virtual_tokens is P of prefix- and prompt tuning; 'LoRA r=8' has no virtual"):
+        build_model("LoRA r=8", model, tokenizer, heads(), 16, num_virtual_tokens=20)
+    with pytest.raises(ValueError, match="num_virtual_tokens must be >= 1, got 0"):
+        build_model("prompt tuning", model, tokenizer, heads(), 16, num_virtual_tokens=0)

@@ -177,12 +177,17 @@ def test_chapter_09s_runs_change_the_direct_prefix_in_one_or_two_settings_each()
     expected = {"prefix-tuning": set(), "reparameterised prefix, lr 0.01": {"projection_hidden"},
                 "reparameterised prefix, lr 0.001": {"projection_hidden", "body_lr"}, "direct prefix, lr 0.001": {"body_lr"},
                 "prefix-tuning, top layer": {"prefix_layers"}, "prefix-tuning, peft's positions": {"position_offset"}}
-    runs = [c for c in study.configs(seeds=[0]) if c["method"] == "prefix-tuning"] + exercises.configs(seeds=[0])
+    runs = [c for c in study.configs(seeds=[0]) if c["method"] == "prefix-tuning"] + [
+        c for c in exercises.configs(seeds=[0]) if c["method"] == "prefix-tuning"]
     assert sorted(c["label"] for c in runs) == sorted(expected)
     for config in runs:
         changed = {k for k in set(config) | set(direct) if k != "label" and config.get(k) != direct.get(k)}
         assert changed == expected[config["label"]], config["label"]
-    assert len(exercises.configs()) == 2 * len(study.default_seeds)
+    assert len(exercises.configs()) == 3 * len(study.default_seeds)
+    prompt = next(c for c in study.configs() if c["label"] == "prompt tuning" and c["seed"] == 0)   # exercise 2
+    longer = next(c for c in exercises.configs(seeds=[0]) if c["method"] == "prompt tuning")
+    assert {k for k in set(prompt) | set(longer) if k != "label" and prompt.get(k) != longer.get(k)} == {"num_virtual_tokens"}
+    assert longer["num_virtual_tokens"] * 384 == 10 * 6 * 2 * 384   # as many numbers as one task's prefix at P = 10
     first_steps = exercise_one_configs([0, 1])   # exercise 1: 30 steps of the direct prefix, random and real-word starts
     assert [steps_for(c) for c in first_steps] == [30] * 4 and [c["seed"] for c in first_steps] == [0, 0, 1, 1]
     random_start, real_words = first_steps[:2]

@@ -77,11 +77,11 @@ STUDY = Study(
     borrow_from=("10_peft_showdown",),
 )
 
-# The worked solutions' runs (exercises 3 and 4): the direct prefix of ``DIRECT`` changed in one way each,
-# with the same seeds, batches and epoch as the study; their reference run is the study's ``DIRECT``.
-# Exercise 1 asks about the first 30 steps: ``exercise_one_configs`` are those 30 steps, run live by the
-# solutions. Not run, for the compute budget: exercise 2's 120-token prompt (several times a prefix step)
-# and a middle k for exercise 3.
+# The worked solutions' runs (exercises 2-4): the direct prefix of ``DIRECT`` changed in one way each (3, 4),
+# and prompt tuning with as many trained numbers as a task's prefix (2), with the same seeds, batches and epoch
+# as the study; their reference run is the study's ``DIRECT``. Exercise 1 asks about the first 30 steps:
+# ``exercise_one_configs`` are those 30 steps, run live by the solutions. Not run, for the compute budget: a
+# middle k for exercise 3.
 DESCRIPTIONS = {   # exercise 1: the texts whose first P tokens' keys and values start each task's prefix
     "supersense": "the supersense, or lexicographer file, of a word from its dictionary gloss",
     "pos": "the part of speech, noun, verb, adjective or adverb, of a word from its dictionary gloss",
@@ -91,6 +91,7 @@ EXERCISE_RUNS = {
     "prefix-tuning, peft's positions": {"position_offset": 10},           # exercise 4: tokens at P … P + L − 1
 }
 REAL_WORDS = "prefix-tuning, real-word start"
+EQUAL_BUDGET = "prompt tuning, P = 120"   # exercise 2: as many trained numbers as a task's prefix at P = 10 (120·H = 10·N·2H)
 
 
 def exercise_one_configs(seeds, steps: int = 30, fast: bool = False) -> list[dict]:
@@ -105,14 +106,15 @@ def exercise_one_configs(seeds, steps: int = 30, fast: bool = False) -> list[dic
 def exercise_grid(seeds, fast: bool = False) -> list[dict]:
     """The exercises' runs per seed (fast: the small sizes of ``grid``)."""
     size = FAST_SIZE if fast else {}
-    return [text_config(label, DIRECT, seed, **size, **settings)
-            for seed in seeds for label, settings in EXERCISE_RUNS.items()]
+    return [config for seed in seeds for config in
+            [*[text_config(label, DIRECT, seed, **size, **settings) for label, settings in EXERCISE_RUNS.items()],
+             text_config(EQUAL_BUDGET, "prompt tuning", seed, **size, num_virtual_tokens=120)]]
 
 
 EXERCISES = Study(
     chapter="09",
     slug="prefix_tuning_exercises",
-    question="the worked solutions' prefix variants: the top layer only, peft's positions",
+    question="the worked solutions' runs: prefixes on the top layer only, peft's positions; prompt tuning at P = 120",
     grid=exercise_grid,
     run=run_text_config,
     estimate_seconds=estimate_text_seconds,

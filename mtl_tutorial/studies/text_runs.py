@@ -27,7 +27,7 @@ from torch import nn
 
 from mtl_tutorial.backbone import load_backbone
 from mtl_tutorial.data import MultiTaskDataset, load_text_tasks, multitask_loader
-from mtl_tutorial.showdown import BOTTLENECK_SIZE, HEAD_LR, QUERY_VALUE, ShowdownRow, body_lr_of, run_method
+from mtl_tutorial.showdown import BOTTLENECK_SIZE, HEAD_LR, NUM_VIRTUAL_TOKENS, QUERY_VALUE, ShowdownRow, body_lr_of, run_method
 from mtl_tutorial.studies.runner import history_from_row
 from mtl_tutorial.training import majority_class_accuracy
 
@@ -49,7 +49,7 @@ def text_config(label: str, method: str, seed: int, *, tasks: Sequence[str] = WO
     extra: further settings, recorded only when given (so that older configs keep their hashes):
     ``activation`` and ``adapter_layers`` of per-task adapters, ``lora_targets`` of LoRA, ``merges``
     (chapter 10), ``projection_hidden``, ``prefix_layers``, ``prefix_words`` and ``position_offset`` of
-    prefix-tuning (chapter 09; ``showdown.build_model``).
+    prefix-tuning, ``num_virtual_tokens`` of prefix- and prompt tuning (chapter 09; ``showdown.build_model``).
     """
     customary = body_lr_of(method)   # checks the method's name
     body_lr = customary if body_lr is None else body_lr
@@ -101,7 +101,8 @@ def train_text_config(config: dict, device: torch.device | None = None, keep_mod
                      activation=config.get("activation", "gelu"), adapter_layers=config.get("adapter_layers"),
                      lora_targets=config.get("lora_targets", QUERY_VALUE), projection_hidden=config.get("projection_hidden"),
                      prefix_layers=config.get("prefix_layers"), prefix_words=config.get("prefix_words"),
-                     position_offset=config.get("position_offset", 0))
+                     position_offset=config.get("position_offset", 0),
+                     num_virtual_tokens=config.get("num_virtual_tokens", NUM_VIRTUAL_TOKENS))
     test_examples = {task: len(test_tasks[task]) for task in config["tasks"]}
     history = row.history
     metrics = {
