@@ -115,16 +115,17 @@ def is_real_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def int_argument(minimum: int) -> Callable[[str], int]:
+def int_argument(minimum: int, unit: str = "") -> Callable[[str], int]:
     """An argparse ``type``: a whole number >= ``minimum``, so that a command refuses a bad value by its
-    option's name before it starts work (``--steps 0``: "'0' is not a whole number >= 1")."""
+    option's name before it starts work (``--steps 0``: "'0' is not a whole number >= 1"; with
+    ``unit="seconds"``: "'0' is not a whole number of seconds >= 1")."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             value = None
         if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{f' of {unit}' if unit else ''} >= {minimum}")
         return value
     return parse
 

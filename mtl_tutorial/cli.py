@@ -226,14 +226,11 @@ def study_command(args: argparse.Namespace) -> int:
 
 
 def _seconds(text: str) -> int:
-    """argparse type of ``--timeout``: a whole number of seconds, at least 1."""
-    try:
-        seconds = int(text)
-    except ValueError:
-        seconds = 0
-    if seconds < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds >= 1")
-    return seconds
+    """argparse type of ``--timeout``: ``checks.int_argument(1, unit="seconds")``, imported when an option is
+    parsed (checks imports torch; the command line starts without it)."""
+    from mtl_tutorial.checks import int_argument
+
+    return int_argument(1, unit="seconds")(text)
 
 
 def bench_command(args: argparse.Namespace) -> int:

@@ -275,14 +275,7 @@ def apply_prefix(
             model, "BERT-style self-attention (a module with query, key and value nn.Linear layers, as in "
             "BERT, MiniLM, RoBERTa)"
         )
-    if layers is not None:
-        chosen = list(layers)
-        if not chosen or len(set(chosen)) != len(chosen) or not all(
-                isinstance(i, int) and 0 <= i < len(targets) for i in chosen) or chosen != sorted(chosen):
-            raise ValueError(f"layers must be distinct increasing layer numbers from 0 to {len(targets) - 1} (this model "
-                             f"has {len(targets)} self-attention layers), got {layers!r}; e.g. the top 3: "
-                             f"{list(range(len(targets) - 3, len(targets)))}")
-        targets = [targets[i] for i in chosen]
+    targets = [targets[i] for i in _chosen_layers(layers, len(targets))]
     first = targets[0][1]
     for name, module in targets:
         if getattr(module, "is_decoder", False) or getattr(module, "position_embedding_type", "absolute") != "absolute":
@@ -299,6 +292,20 @@ def apply_prefix(
     return model
 
 
+def _chosen_layers(layers: Sequence[int] | None, count: int) -> list[int]:
+    """The self-attention layers ``layers`` names (all ``count`` when None), checked: distinct and increasing,
+    so that the prefix encoder's layer i belongs to the i-th of them."""
+    if layers is None:
+        return list(range(count))
+    chosen = list(layers)
+    if not chosen or len(set(chosen)) != len(chosen) or not all(
+            isinstance(i, int) and 0 <= i < count for i in chosen) or chosen != sorted(chosen):
+        raise ValueError(f"layers must be distinct increasing layer numbers from 0 to {count - 1} (this model "
+                         f"has {count} self-attention layers), got {layers!r}; e.g. the top 3: "
+                         f"{list(range(count - 3, count))}")
+    return chosen
+
+
 @torch.no_grad()
 def prefix_from_text(model: nn.Module, tokenizer, text: str, num_virtual_tokens: int,
                      layers: Sequence[int] | None = None) -> torch.Tensor:
@@ -312,7 +319,7 @@ def prefix_from_text(model: nn.Module, tokenizer, text: str, num_virtual_tokens:
     targets = [module for module in model.modules() if _is_self_attention(module)]
     if not targets:
         raise no_target_error(model, "BERT-style self-attention (query, key and value nn.Linear layers)")
-    chosen = range(len(targets)) if layers is None else list(layers)
+    chosen = _chosen_layers(layers, len(targets))
     encoded = tokenizer(text, return_tensors="pt").to(targets[0].query.weight.device)
     if encoded["input_ids"].shape[1] < num_virtual_tokens:
         raise ValueError(f"the text has {encoded['input_ids'].shape[1]} tokens, fewer than the {num_virtual_tokens} "

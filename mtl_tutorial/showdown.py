@@ -39,7 +39,7 @@ from mtl_tutorial.adapter import AdaptersAfterEncoder, MultiTaskAdapterModel
 from mtl_tutorial.backbone import count_parameters
 from mtl_tutorial.bench import StepClock, training_step_memory
 from mtl_tutorial.checks import check_count, is_real_number
-from mtl_tutorial.data import MultiTaskDataset, multitask_loader
+from mtl_tutorial.data import MultiTaskBatch, MultiTaskDataset, multitask_loader
 from mtl_tutorial.evidence import mean_interval
 from mtl_tutorial.features import frozen_features
 from mtl_tutorial.lora import MultiTaskLoRAModel, apply_lora
@@ -203,6 +203,12 @@ def _frozen_features(backbone: nn.Module, tokenizer, train_tasks: Mapping[str, o
             for split, data in (("train", train_tasks), ("test", test_tasks))}
 
 
+def first_training_batch(train_data: MultiTaskDataset, batch_size: int, seed: int) -> MultiTaskBatch:
+    """The first mixed batch a run with ``seed`` trains on: the batch ``run_method`` measures a step's peak
+    memory on (``training_step_memory``)."""
+    return next(iter(multitask_loader(train_data, batch_size, mixed=True, seed=seed)))
+
+
 def run_method(
     method: str,
     seed: int,
@@ -272,7 +278,7 @@ def run_method(
     test_data = {task: (inputs["test"][task], test_tasks[task].labels) for task in tasks}
     loss_fns = {task: F.cross_entropy for task in tasks}
     loader = multitask_loader(train_data, batch_size, mixed=True, seed=seed)
-    first_batch = next(iter(multitask_loader(train_data, batch_size, mixed=True, seed=seed)))  # training's first batch
+    first_batch = first_training_batch(train_data, batch_size, seed)
     first_batch = first_batch.to(next(model.parameters()).device)
     memory = training_step_memory(model, first_batch, loss_fns)
     body = [p for p in model.trunk.parameters() if p.requires_grad]

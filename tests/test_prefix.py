@@ -315,6 +315,8 @@ def test_a_prefix_from_real_words_holds_the_texts_keys_and_values(backbone):
                 torch.testing.assert_close(values[0], captured[l, "value"].view(4, 12, 32).transpose(0, 1))
     with pytest.raises(ValueError, match="the text has 3 tokens, fewer than the 4 virtual tokens"):
         prefix_from_text(encoder, tokenizer, "move", 4)
+    with pytest.raises(ValueError, match="layers must be distinct increasing layer numbers from 0 to 5"):
+        prefix_from_text(encoder, tokenizer, text, 4, [6])   # the same check as apply_prefix's
 
 
 def test_prefixes_on_some_layers_only(backbone, tmp_path):

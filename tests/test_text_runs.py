@@ -81,3 +81,24 @@ def test_run_inline_runs_a_grid_in_memory_and_says_so():
     assert results.path is None and results.seeds() == [0, 1]
     assert results.describe().startswith("run inline (fast mode's small grid, no file): 2 runs")
     assert set(FAST_SIZE) <= set(text_config("x", "frozen features", 0))   # the fast grid shrinks real config keys
+
+
+def test_first_batch_tokens_counts_the_batch_whose_step_memory_the_run_measured(monkeypatch):
+    import mtl_tutorial.showdown as showdown
+    from mtl_tutorial.studies.text_runs import first_batch_tokens, train_text_config
+
+    measured = []
+    real = showdown.training_step_memory
+
+    def spy(model, batch, loss_fns):
+        measured.append(model.trunk.tokenizer(list(batch.inputs), padding=True, truncation=True,
+                                              max_length=model.trunk.max_length, return_tensors="pt")["input_ids"].numel())
+        return real(model, batch, loss_fns)
+
+    monkeypatch.setattr(showdown, "training_step_memory", spy)
+    for seed in (0, 1):
+        config = text_config("LoRA r=1", "LoRA r=1", seed, **TINY)
+        train_text_config(config)
+        assert first_batch_tokens(config) == measured[-1]
+    other = text_config("LoRA r=1", "LoRA r=1", 0, **(TINY | {"batch_size": 2}))
+    assert first_batch_tokens(other) < measured[0]   # half the batch: fewer tokens (a wrong batch size would show)

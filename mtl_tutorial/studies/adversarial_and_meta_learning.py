@@ -31,7 +31,6 @@ between the adversarial shared-private model and the same model without the figh
 from __future__ import annotations
 
 import functools
-import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -265,6 +264,14 @@ def run_adversarial(config: dict) -> tuple[dict, nn.Module]:
     return metrics, model
 
 
+def _first_and_last_tenth(losses: Sequence[float]) -> dict[str, float] | None:
+    """Meta-training's query loss, mean of its first and of its last tenth of steps (None: no meta-training)."""
+    if not losses:
+        return None
+    tenth = max(1, len(losses) // 10)
+    return {"first 10 %": float(np.mean(losses[:tenth])), "last 10 %": float(np.mean(losses[-tenth:]))}
+
+
 def _sinusoid_model(width: int) -> nn.Module:
     return nn.Sequential(nn.Linear(1, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
 
@@ -297,11 +304,9 @@ def run_sinusoid(config: dict) -> tuple[dict, nn.Module]:
     fitted = adapt(model, episodes[0].support, episodes[0].loss_fn, 5, config["inner_lr"])
     with torch.no_grad():
         before, after = model(grid_x)[:, 0], fitted(grid_x)[:, 0]
-    tenth = max(1, len(losses) // 10)
     metrics = {"scores": scores,
                "curves": {"before": [round(float(v), 4) for v in before], "after 5 steps": [round(float(v), 4) for v in after]},
-               "meta_query_loss": {"first 10 %": float(np.mean(losses[:tenth])), "last 10 %": float(np.mean(losses[-tenth:]))}
-               if losses else None}
+               "meta_query_loss": _first_and_last_tenth(losses)}
     return metrics, model
 
 
@@ -355,12 +360,9 @@ def run_few_shot(config: dict) -> tuple[dict, nn.Module]:
                         into.append(score)
                 scores[key], validation_scores[key] = float(np.mean(on_test)), float(np.mean(on_validation))
                 correct[key] = sum(round(s * len(test[1])) for s in on_test)
-    tenth = max(1, len(losses) // 10)
     metrics = {"scores": scores, "validation": validation_scores, "correct": correct,
                "test_examples": len(test[1]), "validation_examples": len(validation[1]),
-               "chance": 1 / (int(test[1].max()) + 1),
-               "meta_query_loss": {"first 10 %": float(np.mean(losses[:tenth])), "last 10 %": float(np.mean(losses[-tenth:]))}
-               if losses else None}
+               "chance": 1 / (int(test[1].max()) + 1), "meta_query_loss": _first_and_last_tenth(losses)}
     return metrics, trunk
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from mtl_tutorial.backbone import load_backbone
 from mtl_tutorial.data import MultiTaskDataset, load_text_tasks, multitask_loader
-from mtl_tutorial.showdown import BOTTLENECK_SIZE, HEAD_LR, NUM_VIRTUAL_TOKENS, QUERY_VALUE, ShowdownRow, body_lr_of, run_method
+from mtl_tutorial.showdown import BOTTLENECK_SIZE, HEAD_LR, ShowdownRow, body_lr_of, first_training_batch, run_method
 from mtl_tutorial.studies.runner import history_from_row
 from mtl_tutorial.training import majority_class_accuracy
 
@@ -35,6 +35,8 @@ WORDNET_TASKS = ("supersense", "pos")  # both label the same WordNet glosses (ch
 FULL_LENGTH = 128  # tokens per text: no WordNet gloss is cut (the longest has 70)
 FAST_SIZE = {"train_examples": 24, "test_examples": 16, "max_length": 32, "batch_size": 8}  # a study's fast-mode grid
 ADAPTER_METHODS = ("Houlsby adapters", "Pfeiffer adapters", "adapters after the encoder (article)")
+RUN_OPTIONS = ("activation", "adapter_layers", "lora_targets", "projection_hidden", "prefix_layers", "prefix_words",
+               "position_offset", "num_virtual_tokens")   # ``run_method``'s settings a config records only when given
 
 
 def text_config(label: str, method: str, seed: int, *, tasks: Sequence[str] = WORDNET_TASKS, epochs: float = 1.0,
@@ -90,6 +92,17 @@ def steps_for(config: dict) -> int:
     return max(1, round(config["epochs"] * per_epoch))
 
 
+def first_batch_tokens(config: dict) -> int:
+    """Tokens (padding included) of ``config``'s first training batch: the batch its run measured the peak
+    memory of a step on (``metrics["peak_memory_bytes"]``), so that memory can be read per token."""
+    train_tasks, _ = task_data(config)
+    data = MultiTaskDataset({task: (list(train_tasks[task].texts), train_tasks[task].labels) for task in config["tasks"]})
+    texts = list(first_training_batch(data, config["batch_size"], config["seed"]).inputs)
+    _, tokenizer = _backbone()
+    return tokenizer(texts, padding=True, truncation=True, max_length=config["max_length"],
+                     return_tensors="pt")["input_ids"].numel()
+
+
 def train_text_config(config: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, ShowdownRow]:
     """Train and test ``config``; returns (metrics for the results line, the ``ShowdownRow``)."""
     backbone, tokenizer = _backbone()
@@ -98,11 +111,7 @@ def train_text_config(config: dict, device: torch.device | None = None, keep_mod
                      num_steps=steps_for(config), batch_size=config["batch_size"], max_length=config["max_length"],
                      keep_model=keep_model, bottleneck_size=config["bottleneck_size"] or BOTTLENECK_SIZE,
                      device=device, head_lr=config["head_lr"], body_lr=config["body_lr"],
-                     activation=config.get("activation", "gelu"), adapter_layers=config.get("adapter_layers"),
-                     lora_targets=config.get("lora_targets", QUERY_VALUE), projection_hidden=config.get("projection_hidden"),
-                     prefix_layers=config.get("prefix_layers"), prefix_words=config.get("prefix_words"),
-                     position_offset=config.get("position_offset", 0),
-                     num_virtual_tokens=config.get("num_virtual_tokens", NUM_VIRTUAL_TOKENS))
+                     **{name: config[name] for name in RUN_OPTIONS if name in config})   # absent: run_method's default
     test_examples = {task: len(test_tasks[task]) for task in config["tasks"]}
     history = row.history
     metrics = {
