@@ -29,16 +29,22 @@ def _axes(ax: Axes | None, size: tuple[float, float] = (6.0, 4.0)) -> Axes:
 
 
 def exponential_moving_average(values: Sequence[float] | np.ndarray, smoothing: float) -> np.ndarray:
-    """s_k = smoothing · s_(k-1) + (1 - smoothing) · v_k, started at s_0 = v_0: (K,) -> (K,).
+    """Bias-corrected moving average (as Adam's moments): (K,) -> (K,).
 
-    smoothing in [0, 1): 0 returns the values unchanged, 0.9 averages over roughly the last 10.
+    m_k = smoothing · m_(k-1) + (1 - smoothing) · v_k from m_(-1) = 0, returned as
+    m_k / (1 - smoothing^(k+1)): a weighted mean of v_0..v_k with weights ∝ smoothing^(k-j), so the
+    first value weighs no more than its share (started at m_0 = v_0 instead, v_0 would still weigh
+    smoothing^k after k steps: 0.15 after 18 at 0.9, read as a drift). smoothing in [0, 1): 0 returns
+    the values unchanged, 0.9 averages over roughly the last 10.
     """
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing!r}")
     values = np.asarray(values, dtype=float)
     smoothed = np.empty_like(values)
+    moment = 0.0
     for k, value in enumerate(values):
-        smoothed[k] = value if k == 0 else smoothing * smoothed[k - 1] + (1 - smoothing) * value
+        moment = smoothing * moment + (1 - smoothing) * value
+        smoothed[k] = moment / (1 - smoothing ** (k + 1))
     return smoothed
 
 

@@ -287,7 +287,8 @@ def run_method(
                                  + ([{"params": body, "lr": body_lr}] if body else []))
     recorder = PrefixStepRecorder(model.trunk.prefix_encoder, optimizer) if isinstance(model, MultiTaskPrefixModel) else None
     with StepClock(optimizer) as clock, recorder or contextlib.nullcontext():
-        history = train(model, loader, loss_fns, num_steps, optimizer=optimizer, progress=False, device=device)
+        history = train(model, loader, loss_fns, num_steps, optimizer=optimizer, progress=False, device=device,
+                        frozen_modules="train")
     results = evaluate(model, test_data, {"accuracy": accuracy})
     return ShowdownRow(
         method=method,

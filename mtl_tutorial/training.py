@@ -295,6 +295,19 @@ def _mixed_precision(
     return functools.partial(torch.autocast, device.type, dtype=dtype), scaler
 
 
+def frozen_submodules(model: nn.Module) -> list[nn.Module]:
+    """The largest submodules of ``model`` that hold parameters, none of them trainable.
+
+    A module with a trainable parameter anywhere below it (a LoRA-wrapped layer, the top layers of a
+    partly frozen encoder) is not frozen; its frozen children are. Modules without parameters
+    (dropout, activations) count only as part of a frozen parent.
+    """
+    parameters = list(model.parameters())
+    if parameters and not any(p.requires_grad for p in parameters):
+        return [model]
+    return [module for child in model.children() for module in frozen_submodules(child)]
+
+
 def train(
     model: nn.Module,
     loader: Iterable[MultiTaskBatch],
@@ -309,6 +322,7 @@ def train(
     progress: bool = True,
     desc: str = "training",
     precision: str = "fp32",
+    frozen_modules: str = "eval",
 ) -> History:
     """Train ``model`` for ``num_steps`` batches of ``loader`` (cycled over epochs); returns a History.
 
@@ -321,11 +335,18 @@ def train(
     precision: ``PRECISIONS`` (module docstring). In a process group of W > 1 ranks (torchrun),
     each rank's loader yields its shard of every batch, the History holds the global losses on
     every rank, and only rank 0 shows the progress bar (``mtl_tutorial.distributed``).
+    frozen_modules: "eval" runs every submodule whose parameters are all frozen as it will be
+    evaluated (no dropout in a frozen encoder or its lower layers); "train" puts the whole model in
+    training mode, the recipe of peft and transformers' Trainer for a frozen backbone under adapters,
+    LoRA or prefixes (``showdown`` uses it).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if eval_every is not None and (eval_fn is None or eval_every < 1):
         raise ValueError("eval_every needs an eval_fn and must be >= 1")
+    if frozen_modules not in ("eval", "train"):
+        raise ValueError(f"frozen_modules must be 'eval' or 'train', got {frozen_modules!r}")
+    frozen = frozen_submodules(model) if frozen_modules == "eval" else []
     tasks = tuple(loss_fns)
     device = check_device(device) if device is not None else next(model.parameters()).device
     autocast, scaler = _mixed_precision(precision, device)
@@ -353,6 +374,8 @@ def train(
     bar = tqdm(range(1, num_steps + 1), desc=desc, disable=not progress or collectives.rank() != 0, leave=False)
     for step in bar:
         model.train()
+        for module in frozen:
+            module.eval()
         batch = next(batches).to(device)
         unknown = set(batch.tasks) - set(tasks)
         if unknown:

@@ -32,8 +32,21 @@ def small_history():
     return history
 
 
-def test_exponential_moving_average_values():
-    np.testing.assert_allclose(exponential_moving_average([1.0, 3.0, 3.0], 0.5), [1.0, 2.0, 2.5])
+def test_exponential_moving_average_is_the_bias_corrected_weighted_mean():
+    # m_k / (1 - 0.5^(k+1)) with m from 0: 0.5/0.5, 1.75/0.75, 2.375/0.875
+    np.testing.assert_allclose(exponential_moving_average([1.0, 3.0, 3.0], 0.5), [1.0, 7 / 3, 19 / 7])
+    values = np.random.default_rng(0).normal(size=30)
+    for k in range(30):
+        weights = 0.9 ** np.arange(k, -1, -1)   # v_j weighs 0.9^(k-j)
+        assert exponential_moving_average(values, 0.9)[k] == pytest.approx(np.average(values[: k + 1], weights=weights))
+
+
+def test_exponential_moving_average_of_a_flat_series_has_no_warm_up_drift():
+    # started at s_0 = v_0 instead, a low first value would still weigh 0.9^18 = 0.15 at k = 18: a rise
+    # of 0.15 that is not in the data; bias-corrected it weighs 0.1 · 0.9^18 / (1 - 0.9^19) = 0.017
+    smoothed = exponential_moving_average([0.0] + [1.0] * 18, 0.9)
+    assert smoothed[-1] == pytest.approx(1 - 0.1 * 0.9**18 / (1 - 0.9**19))
+    assert smoothed[-1] > 0.98
     np.testing.assert_allclose(exponential_moving_average([4.0, 2.0], 0.0), [4.0, 2.0])
     with pytest.raises(ValueError, match=r"smoothing must be in \[0, 1\)"):
         exponential_moving_average([1.0], 1.0)

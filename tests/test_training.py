@@ -16,6 +16,7 @@ from mtl_tutorial.training import (
     accuracy,
     check_targets,
     evaluate,
+    frozen_submodules,
     macro_f1,
     majority_class_accuracy,
     mean_squared_error,
@@ -349,3 +350,43 @@ def test_majority_class_accuracy_counts_the_training_majority_on_the_test_labels
 def test_majority_class_accuracy_refuses_labels_that_are_not_class_ids(train_labels, test_labels, message):
     with pytest.raises(ValueError, match=message):
         majority_class_accuracy(train_labels, test_labels)
+
+
+def _trunk_with_frozen_dropout():
+    """A frozen lower block with dropout, a trainable upper block with dropout, one head."""
+    torch.manual_seed(0)
+    lower = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5)).requires_grad_(False)
+    upper = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    return HardSharingModel(nn.Sequential(lower, upper), {"a": regression_head(), "b": regression_head()}), lower, upper
+
+
+def _modes_during_training(frozen_modules):
+    model, lower, upper = _trunk_with_frozen_dropout()
+    seen = {"lower": [], "upper": []}
+    lower[1].register_forward_hook(lambda module, args, out: seen["lower"].append(module.training))
+    upper[1].register_forward_hook(lambda module, args, out: seen["upper"].append(module.training))
+    _, loader, loss_fns, _ = regression_setup()
+    train(model, loader, loss_fns, num_steps=3, progress=False, frozen_modules=frozen_modules)
+    return seen
+
+
+def test_frozen_modules_run_as_they_are_evaluated_during_training():
+    seen = _modes_during_training("eval")
+    assert seen["lower"] and not any(seen["lower"])   # frozen block: dropout off at every step
+    assert all(seen["upper"])                         # trainable block: dropout on
+
+
+def test_frozen_modules_train_keeps_the_whole_model_in_training_mode():
+    seen = _modes_during_training("train")
+    assert all(seen["lower"]) and all(seen["upper"])
+    with pytest.raises(ValueError, match="frozen_modules must be 'eval' or 'train'"):
+        _modes_during_training("off")
+
+
+def test_frozen_submodules_are_the_largest_wholly_frozen_ones():
+    model, lower, upper = _trunk_with_frozen_dropout()
+    assert frozen_submodules(model) == [lower]
+    upper[0].weight.requires_grad_(False)             # a block with one trainable tensor left is not frozen
+    assert frozen_submodules(model) == [lower]
+    model.requires_grad_(False)
+    assert frozen_submodules(model) == [model]
