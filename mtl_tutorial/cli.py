@@ -233,6 +233,13 @@ def _seconds(text: str) -> int:
     return int_argument(1, unit="seconds")(text)
 
 
+def _count(text: str) -> int:
+    """argparse type of a count >= 1 (``--workers``), imported lazily as ``_seconds`` is."""
+    from mtl_tutorial.checks import int_argument
+
+    return int_argument(1)(text)
+
+
 def bench_command(args: argparse.Namespace) -> int:
     """Hand over to ``mtl_tutorial.bench`` (``lora``, ``aggregators``, ``solvers``, ``serve``, ..., with their options)."""
     from mtl_tutorial.bench import main as bench_main
@@ -263,20 +270,35 @@ def assign_command(args: argparse.Namespace) -> int:
 
 
 def grade_command(args: argparse.Namespace) -> int:
-    """Autograde each submission in a fresh kernel; print its score table. Exit 2 if a file was unusable."""
-    from mtl_tutorial.grading import AssignmentError, format_report, grade
+    """Grade each submission in its own sandbox; print its score table as it is made.
 
-    unusable, graded = 0, 0
-    for path in args.submissions:
-        try:
-            report, _ = grade(Path(path), timeout=args.timeout)
-        except AssignmentError as err:
-            print(f"error: {err}", file=sys.stderr)
-            unusable += 1
-            continue
-        print(("\n" if graded else "") + format_report(report), flush=True)
-        graded += 1
-    return 2 if unusable else 0
+    Exit 0 when every file was graded, 2 when a file could not be (its table says why), 3 when no
+    sandbox is available and --unsafe-no-sandbox was not given.
+    """
+    from mtl_tutorial.grading import Limits, bubblewrap_problem, format_report, grade_batch, write_csv, write_feedback
+
+    if not args.unsafe_no_sandbox:
+        problem = bubblewrap_problem()
+        if problem:
+            print(f"error: grading runs each submission in a sandbox, but {problem}. To grade without one (your own "
+                  "test runs, or inside a container you throw away), add --unsafe-no-sandbox.", file=sys.stderr)
+            return 3
+    limits = Limits(cell_timeout_s=args.timeout, wall_s=args.time_limit)
+    printed = []
+
+    def show(report) -> None:
+        print(("\n" if printed else "") + format_report(report), flush=True)
+        printed.append(report)
+
+    reports = grade_batch([Path(p) for p in args.submissions], limits=limits, unsafe=args.unsafe_no_sandbox,
+                          on_report=show, workers=args.workers)
+    if args.csv:
+        write_csv(reports, Path(args.csv))
+        print(f"\nscores: {args.csv}")
+    if args.feedback:
+        written = write_feedback(reports, Path(args.feedback))
+        print(f"feedback: {len(written) - 1} file(s) and the written answers in {args.feedback}")
+    return 2 if any(r.refused for r in reports) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -346,15 +368,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser(
         "grade", help="autograde submitted assignment notebooks",
-        description="Autograde each submission in a fresh kernel, in a temporary folder that holds only the "
-        "submission, with its tests (hidden ones included) restored from the instructor source; print "
-        "the points of each graded cell and a total. This runs the learner's code: grade untrusted "
-        "submissions in a container or as a separate user.",
+        description="Grade each submission in its own sandbox (bubblewrap: no network, no other processes, "
+        "no instructor sources, a read-only environment), with its tests restored from the instructor source. "
+        "The points come from the grader's own probes of the learner's functions, judged outside the sandbox; "
+        "the test cells run for the learner's feedback. Prints a table per submission: the points of each "
+        "graded cell, flags for the teacher, a total.",
     )
     p.add_argument("submissions", nargs="+", metavar="SUBMISSION.ipynb", help="submitted notebooks")
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
                    help="seconds one cell may run before it is stopped and scores 0 "
                    f"(default {DEFAULT_CELL_TIMEOUT_S})")
+    p.add_argument("--time-limit", type=_seconds, default=600, metavar="SECONDS",
+                   help="seconds a whole submission may run before it is stopped (default 600)")
+    p.add_argument("--workers", type=_count, default=1, metavar="N",
+                   help="submissions graded side by side, each in its own sandbox (default 1)")
+    p.add_argument("--csv", metavar="FILE", help="also write the scores: one row per submission and part")
+    p.add_argument("--feedback", metavar="DIR",
+                   help="also write a feedback file per submission and written_answers.md (for hand-grading)")
+    p.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="grade without a sandbox where bubblewrap is missing: the learner's code then runs "
+                   "with your rights (only for your own tests, or inside a throw-away container)")
     p.set_defaults(func=grade_command)
     return parser
 

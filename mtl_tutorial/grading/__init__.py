@@ -20,7 +20,20 @@ from mtl_tutorial.grading.assignments import (
     resolve_assignments,
     student_version,
 )
+from mtl_tutorial.grading.grade import (
+    CellScore,
+    Report,
+    format_report,
+    grade,
+    grade_batch,
+    references,
+    write_csv,
+    write_feedback,
+)
 from mtl_tutorial.grading.hints import check_close
+from mtl_tutorial.grading.sandbox import Limits, SandboxUnavailable, bubblewrap_problem
 
-__all__ = ["DEFAULT_CELL_TIMEOUT_S", "AssignmentError", "assignments_folder", "build_student_versions",
-           "check_close", "graded_cells", "list_assignments", "resolve_assignments", "student_version"]
+__all__ = ["DEFAULT_CELL_TIMEOUT_S", "AssignmentError", "CellScore", "Limits", "Report", "SandboxUnavailable",
+           "assignments_folder", "bubblewrap_problem", "build_student_versions", "check_close", "format_report",
+           "grade", "grade_batch", "graded_cells", "list_assignments", "references", "resolve_assignments",
+           "student_version", "write_csv", "write_feedback"]
