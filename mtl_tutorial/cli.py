@@ -10,7 +10,8 @@
     mtl-tutorial bench serve            serve T = 1, 4, 8 tasks: mixed batches vs merged models vs swapping
     mtl-tutorial study 07 --dry-run     a chapter's study: its grid and estimated time; without --dry-run, run it
     mtl-tutorial assign                 build the assignments' student versions in build/assignments/
-    mtl-tutorial grade alice/06_*.ipynb autograde submissions, print a score table per submission
+    mtl-tutorial grade alice/06_*.ipynb autograde submissions in a sandbox, print a score table per submission
+    mtl-tutorial course init DIR        an nbgrader course folder for the assignments
 """
 
 from __future__ import annotations
@@ -301,13 +302,30 @@ def grade_command(args: argparse.Namespace) -> int:
     return 2 if any(r.refused for r in reports) else 0
 
 
+def course_command(args: argparse.Namespace) -> int:
+    """Lay out an nbgrader course folder for the assignments and print the commands of a term."""
+    from mtl_tutorial.grading import AssignmentError
+    from mtl_tutorial.grading.course import COMMANDS, init_course
+
+    try:
+        written = init_course(Path(args.folder), args.course_id, Path(args.exchange) if args.exchange else None,
+                              args.assignments)
+    except AssignmentError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.folder}: {len(written) - 2} assignment source(s) in source/, nbgrader_config.py (course "
+          f"{args.course_id!r}) and student_nbgrader_config.py (give it to the learners)\n")
+    print(COMMANDS.format(folder=args.folder))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mtl_tutorial.grading import DEFAULT_CELL_TIMEOUT_S  # a light module: nbgrader loads when grading
 
     parser = argparse.ArgumentParser(
         prog="mtl-tutorial", description="Multi-task learning for large models: the course's command."
     )
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run,study,bench,assign,grade}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run,study,bench,assign,grade,course}")
 
     p = verbs.add_parser("doctor", help="check this machine is ready for the course",
                          description="Check versions, device, backbone, data and mode.")
@@ -389,6 +407,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grade without a sandbox where bubblewrap is missing: the learner's code then runs "
                    "with your rights (only for your own tests, or inside a throw-away container)")
     p.set_defaults(func=grade_command)
+
+    p = verbs.add_parser("course", help="an nbgrader course folder for the assignments",
+                         description="Classes that run nbgrader itself (gradebook, formgrader, exchange).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{init}")
+    q = actions.add_parser("init", help="lay out an nbgrader course folder",
+                           description="Copy the instructor sources into DIR/source/NN_slug/, write DIR/nbgrader_config.py "
+                           "and DIR/student_nbgrader_config.py, and print the commands of a term.")
+    q.add_argument("folder", metavar="DIR", help="the new course folder")
+    q.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="numbers or names; none means all")
+    q.add_argument("--course-id", default="mtl-tutorial", help="nbgrader's course id (default mtl-tutorial)")
+    q.add_argument("--exchange", metavar="DIR",
+                   help="the exchange every student can write to (default DIR/exchange, for one machine)")
+    q.set_defaults(func=course_command)
     return parser
 
 
