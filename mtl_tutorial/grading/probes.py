@@ -4,7 +4,7 @@ A ``Probe`` is a piece of Python that runs in a kernel after the notebook's cell
 from ``seed`` (an int the grader draws per batch, so no answer can be prepared for it), calls the
 learner's function and leaves ``result`` (tensors, numbers, strings, None, and lists, tuples and
 dicts of them). The same code runs in the instructor source's kernel; the two results are encoded as
-JSON (``encode``), decoded in the grader's process (``decode``) and compared there (``differences``),
+JSON (``encode``), read back in the grader's process (``read_result``) and compared there (``judge``),
 where nothing the learner's kernel did can reach. A learner who patches ``torch.allclose`` or the
 visible tests changes nothing the grader reads except the values of their own functions.
 
@@ -19,8 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-RESULT_FILE = "probes.json"
-MAX_RESULT_BYTES = 5_000_000  # more than any probe result here: a bigger file is not read
+MAX_RESULT_BYTES = 2_000_000  # more than any probe result here: a bigger file is not read
 
 
 @dataclass(frozen=True)
@@ -60,12 +59,18 @@ def encode(value: Any) -> Any:
     return {"unsupported": type(value).__name__}
 
 
-def decode(text: str) -> dict[str, Any]:
-    """grade_id -> {"result": encoded value} or {"error": "Name: message"}, from an untrusted file's text."""
-    data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError("the probe results are not a JSON object")
-    return data
+def read_result(path: Any) -> dict[str, Any] | None:
+    """A probe's record {"result": ...} or {"error": ...} from an untrusted file; None if missing or unusable."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size > MAX_RESULT_BYTES:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) and ("result" in data or "error" in data) else None
 
 
 # -- comparing (the grader's process only) ------------------------------------------------------------
@@ -158,46 +163,52 @@ def _close(a: float, b: float, rtol: float, atol: float) -> bool:
     return not math.isnan(a) and abs(a - b) <= atol + rtol * abs(b)
 
 
-def judge(reference: dict[str, Any], learner: dict[str, Any], grade_id: str, probe: Probe) -> str:
-    """'' when the learner's result of ``probe`` (part ``grade_id``) matches the reference's, else why not."""
-    mine, theirs = learner.get(grade_id), reference.get(grade_id)
-    if theirs is None or "result" not in theirs:
-        raise RuntimeError(f"the instructor source failed its own probe {grade_id}: {theirs}")
+def judge(reference: dict[str, Any] | None, mine: dict[str, Any] | None, probe: Probe) -> str:
+    """'' when the learner's probe record matches the reference's (``read_result``'s records), else why not."""
+    if reference is None or "result" not in reference:
+        raise RuntimeError(f"the instructor source failed its own probe of {probe.function}: {reference}")
     if not isinstance(mine, dict):
         return f"the grader's check of {probe.function} did not run"
     if "error" in mine:
         return f"{probe.function} raised {str(mine['error'])[:300]} on the grader's inputs"
     if "result" not in mine:
         return f"the grader's check of {probe.function} gave no result"
-    reason = differences(theirs["result"], mine["result"], probe.rtol, probe.atol)
+    reason = differences(reference["result"], mine["result"], probe.rtol, probe.atol)
     return f"{probe.function} on the grader's inputs: {reason}" if reason else ""
 
 
 # -- the kernel side ----------------------------------------------------------------------------------
 
 
-def probe_cell(probes: dict[str, Probe], seed: int, path: str) -> str:
-    """The source of one code cell that runs ``probes`` (grade_id -> Probe) and writes their results to ``path``."""
+def probe_cell(grade_id: str, probe: Probe, seed: int, path: str) -> str:
+    """The source of a code cell that runs ``probe`` (part ``grade_id``) and writes its result to ``path``.
+
+    One cell per probe, so each has the notebook's time limit per cell; the file holds
+    {"result": encoded value} or {"error": "Name: message"}.
+    """
     import inspect
     import textwrap
 
     encoder = textwrap.indent(inspect.getsource(encode).replace("(value: Any) -> Any:", "(value):"), "    ")
-    codes = {grade_id: probe.code for grade_id, probe in probes.items()}
     return "\n".join([
         "def __mtl_probe_run():",
-        "    import json, traceback",
+        "    import json",
         encoder,
-        f"    probes = {codes!r}",
-        "    results = {}",
-        "    for grade_id, code in probes.items():",
-        f"        names = dict(globals()); names['seed'] = {int(seed)}",
-        "        try:",
-        "            exec(code, names)",
-        "            results[grade_id] = {'result': encode(names['result'])}",
-        "        except BaseException as err:",
-        "            results[grade_id] = {'error': f'{type(err).__name__}: {err}'[:500]}",
+        f"    names = dict(globals()); names['seed'] = {int(seed)}",
+        "    try:",
+        f"        exec({probe.code!r}, names)",
+        "        record = {'result': encode(names['result'])}",
+        "    except BaseException as err:",
+        "        record = {'error': f'{type(err).__name__}: {err}'[:500]}",
         f"    with open({path!r}, 'w') as handle:",
-        "        json.dump(results, handle)",
+        "        json.dump(record, handle)",
         "__mtl_probe_run()",
         "del __mtl_probe_run",
     ])
+
+
+def result_file(grade_id: str) -> str:
+    """The file name a probe's cell writes (in the runner's output folder)."""
+    if not grade_id.replace("_", "").isalnum():
+        raise ValueError(f"a grade_id is letters, digits and underscores, got {grade_id!r}")
+    return f"probe_{grade_id}.json"

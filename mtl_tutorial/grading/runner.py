@@ -3,8 +3,8 @@
     python -m mtl_tutorial.grading.runner NOTEBOOK OUT --timeout 30 --seed 12345 --probes a06_pcgrad,a06_mgda
 
 Executes NOTEBOOK (its folder is the working folder) with nbgrader's ``Execute`` (it keeps going after
-a failing cell and interrupts one at its time limit), with one cell appended that runs the probes
-(``probes.probe_cell``) and writes ``OUT/probes.json``. Writes ``OUT/executed.ipynb`` (the probe cell
+a failing cell and interrupts one at its time limit), with one cell appended per probe
+(``probes.probe_cell``), each writing ``OUT/probe_<grade_id>.json``. Writes ``OUT/executed.ipynb`` (the probe cell
 removed, each cell's outputs capped at ``MAX_CELL_OUTPUT_BYTES``) and ``OUT/status.json`` (how the run
 ended). Everything here is as untrusted as the learner's code: the grader reads these files with size
 limits and decides nothing from them but feedback text and the probes' values.
@@ -50,12 +50,13 @@ def run(notebook_path: Path, out: Path, timeout: int, seed: int, grade_ids: list
 
     from mtl_tutorial.chapters import IOPUB_TIMEOUT_S, PatientKernelClient
     from mtl_tutorial.grading.parts import PROBES
-    from mtl_tutorial.grading.probes import RESULT_FILE, probe_cell
+    from mtl_tutorial.grading.probes import probe_cell, result_file
 
     notebook = nbformat.read(notebook_path, as_version=4)
     num_cells = len(notebook.cells)
-    if grade_ids:
-        notebook.cells.append(nbformat.v4.new_code_cell(probe_cell({g: PROBES[g] for g in grade_ids}, seed, str(out / RESULT_FILE))))
+    for grade_id in grade_ids:  # one cell per probe: each has the time limit per cell
+        source = probe_cell(grade_id, PROBES[grade_id], seed, str(out / result_file(grade_id)))
+        notebook.cells.append(nbformat.v4.new_code_cell(source))
     executor = Execute(
         timeout=timeout,
         iopub_timeout=IOPUB_TIMEOUT_S,
