@@ -104,12 +104,15 @@ with torch.no_grad():
         losses = per_task_losses(routed, torch.randint(0, 3, (size,), generator=g))
         result.append({task: numeric(loss) for task, loss in losses.items()})
 """),
-    "a02_count": _probe("parameter_counts", """
+    "a02_evidence": _probe("paired_verdict", """
 result = []
-for num_tasks in (1, 2, draw(3, 5)):
-    num_classes = {f"task {k}": draw(2, 20) for k in range(num_tasks)}
-    result.append(numeric(parameter_counts(draw(3, 400), draw(2, 80), num_classes)))
-""", EXACT),
+for n, effect, higher_is_better in ((draw(2, 3), 0.0, True), (draw(4, 10), 3.0, True), (draw(4, 10), -3.0, False),
+                                    (draw(5, 12), 0.3 * uniform(), False)):
+    b = 70 + 5 * torch.randn(n, generator=g, dtype=torch.float64)
+    a = b + effect + torch.randn(n, generator=g, dtype=torch.float64)
+    mean, low, high, words = paired_verdict(a, b, higher_is_better)
+    result.append((numeric([mean, low, high]), words))
+""", {"rtol": 1e-3, "atol": 1e-2}),  # the course's t table has 3 decimals; scipy's quantile is exact
     # -- 03 soft sharing and task relations -----------------------------------------------------------
     "a03_penalty": _probe("soft_sharing_penalty", """
 from torch import nn
@@ -128,6 +131,16 @@ for num_tasks in (2, draw(3, 4), draw(2, 5)):
     alpha = torch.softmax(torch.randn(num_tasks, num_tasks, generator=g), dim=1)  # not symmetric
     h = torch.randn(draw(1, 6), num_tasks, draw(2, 7), generator=g)
     result.append(numeric(cross_stitch(alpha, h)))
+"""),
+    "a03_gates": _probe("mmoe_mix", """
+result = []
+for num_tasks, num_experts in ((1, draw(2, 3)), (draw(2, 4), draw(2, 5)), (draw(2, 4), 1)):
+    B, D, H = draw(1, 6), draw(2, 6), draw(1, 4)
+    x = torch.randn(B, D, generator=g)
+    expert_outputs = torch.randn(B, num_experts, H, generator=g)
+    gate_weight = 2 * torch.randn(num_tasks, num_experts, D, generator=g)
+    gate_bias = torch.randn(num_tasks, num_experts, generator=g)
+    result.append(numeric(mmoe_mix(x, expert_outputs, gate_weight, gate_bias)))
 """),
     "a03_affinity": _probe("lookahead_affinity", """
 result = []
@@ -167,15 +180,17 @@ for metric, higher_is_better in (("A/accuracy", True), ("A/loss", False), ("B/ac
     result.append(numeric(forgetting_of(history, metric, phase_end, higher_is_better)))
 """),
     # -- 05 dynamic task weighting --------------------------------------------------------------------
-    "a05_uncertainty": _probe("uncertainty_total", """
+    "a05_gradnorm": _probe("gradnorm_logit_gradient", """
 result = []
-for _ in range(3):
-    T = draw(2, 5)
-    losses = 3 * torch.rand(T, generator=g) + 0.01
-    log_variances = torch.randn(T, generator=g).requires_grad_()
-    total = uncertainty_total(losses, log_variances)
-    (gradient,) = torch.autograd.grad(total, log_variances)  # differentiable in s
-    result.append((numeric(total), gradient))
+# the gradient of Σ|G_t − target_t| depends on the signs only: the last case's losses fell far (ratios
+# near 0.15), so targets from unnormalised ratios fall below every G_t while normalised ones do not
+for alpha, fell in ((0.0, 0.2), (0.3 + 1.5 * uniform(), 0.2), (3.0, 0.2), (3.0, 0.05)):
+    T, P = draw(3, 5), draw(1, 6)
+    task_grads = torch.randn(T, P, generator=g, dtype=torch.float64) * (0.2 + 2 * torch.rand(T, 1, generator=g, dtype=torch.float64))
+    logits = torch.randn(T, generator=g, dtype=torch.float64)
+    initial_losses = 2 * torch.rand(T, generator=g, dtype=torch.float64) + 0.5
+    losses = initial_losses * (fell + (1 if fell == 0.2 else 0.25) * torch.rand(T, generator=g, dtype=torch.float64))
+    result.append(numeric(gradnorm_logit_gradient(task_grads, logits, losses, initial_losses, alpha)))
 """),
     "a05_optimum": _probe("optimal_log_variances", """
 result = [numeric(optimal_log_variances(torch.exp(4 * torch.rand(draw(2, 5), generator=g) - 2))) for _ in range(3)]
