@@ -55,6 +55,8 @@ def test_judge_reads_errors_missing_records_and_refuses_a_broken_reference():
     assert judge(reference, {"result": encode(torch.ones(3))}, probe) == ""
     assert judge(reference, {"error": "ValueError: no"}, probe) == "f raised ValueError: no on the grader's inputs"
     assert judge(reference, None, probe) == "the grader's check of f did not run"
+    assert judge(reference, {"error": "KeyboardInterrupt: "}, probe) == (
+        "f did not finish on the grader's inputs within the time limit per cell")
     assert judge(reference, {"result": encode(torch.ones(2))}, probe).startswith("f on the grader's inputs: the result has shape")
     with pytest.raises(RuntimeError, match="the instructor source failed its own probe of f"):
         judge({"error": "NameError: f"}, reference, probe)

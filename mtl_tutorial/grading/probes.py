@@ -169,6 +169,8 @@ def judge(reference: dict[str, Any] | None, mine: dict[str, Any] | None, probe: 
         raise RuntimeError(f"the instructor source failed its own probe of {probe.function}: {reference}")
     if not isinstance(mine, dict):
         return f"the grader's check of {probe.function} did not run"
+    if "error" in mine and str(mine["error"]).startswith("KeyboardInterrupt"):
+        return f"{probe.function} did not finish on the grader's inputs within the time limit per cell"
     if "error" in mine:
         return f"{probe.function} raised {str(mine['error'])[:300]} on the grader's inputs"
     if "result" not in mine:
