@@ -347,7 +347,6 @@ def test_no_cheat_scores_more_than_a_blank_submission(cli_run, cheat):
     _, tables = cli_run
     table = tables[f"06_{cheat}.ipynb"]
     assert table.splitlines()[-1] == "total  0 / 8", table
-    assert "a06_mgda          0 / 3    NotImplementedError: not written yet" in table
 
 
 def test_what_a_cheat_meets_is_named(cli_run):

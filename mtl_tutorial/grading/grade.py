@@ -127,7 +127,8 @@ def _stderr_note(cell: Any) -> str:
     text = "".join(str(o.get("text", "")) for o in cell.get("outputs", [])
                    if o.get("output_type") == "stream" and o.get("name") == "stderr")
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    shown = next((line for line in lines if "Warning" in line), lines[-1] if lines else "")
+    warnings = [m.group(0) for line in lines for m in [re.search(r"\w*Warning: .*", line)] if m]
+    shown = warnings[0] if warnings else lines[-1] if lines else ""  # "UserWarning: ...", not the kernel's file path
     return f"ok (it wrote to stderr, which costs nothing: {shown[:120]})" if lines else ""
 
 
