@@ -255,6 +255,16 @@ def run_schedules(config: dict) -> tuple[dict, nn.Module]:
     return metrics, model
 
 
+def temperature_sizes(large: str = LARGE_TASK, small: str = SMALL_TASK, imbalance: int = IMBALANCE,
+                      share: float = VALIDATION_SHARE, max_per_task: int | None = None) -> dict[str, int]:
+    """The training sizes N_t of the temperature runs, from the labels alone (no features computed):
+    the large task's training split less its validation split, and 1/imbalance of that for the small task."""
+    labels = {t: task.labels for t, task in load_text_tasks([large, small], max_per_task=max_per_task).items()}
+    pools = {t: len(validation_split(y, share)[0]) for t, y in labels.items()}
+    small_pool = labels[small][validation_split(labels[small], share)[0]]
+    return {large: pools[large], small: len(subsample(small_pool, pools[large] // imbalance))}
+
+
 @functools.lru_cache(maxsize=2)
 def temperature_data(large: str, small: str, imbalance: int, max_per_task: int | None, share: float) -> dict:
     """``text_data`` of the two tasks with the small task's training pool cut to a stratified 1/imbalance
