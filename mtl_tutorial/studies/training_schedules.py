@@ -324,6 +324,7 @@ def estimate_seconds(config: dict) -> float:
         return 0.0045 * config["steps"] * (1 if config["schedule"] == "joint" else 2) + 0.3
     return 0.004 * config["steps"] + 0.3
 
+
 # ---------------------------------------------------------------- reading the results
 
 def _p(correlation: float) -> str:
