@@ -274,7 +274,8 @@ def plot_task_mix(
     """Temperature sampling's task shares p_t ∝ N_t^(1/τ) as bars (τ = inf: uniform), one per task.
 
     sizes: task -> N_t. num_examples: examples a run draws in all; each bar is then labelled with
-    the passes per example it implies, num_examples · p_t / N_t. measured: task -> share a sampler
+    the passes per example it implies in expectation, num_examples · p_t / N_t ("expected": a run with
+    replacement draws about that many). measured: task -> share a sampler
     actually drew, shown as dots on the bars. The legend sits in a band above share 1, where no
     bar or label can reach, so it covers neither (a share of 1, τ = 1 with one task, included).
     """
@@ -283,7 +284,7 @@ def plot_task_mix(
     tasks = list(sizes)
     bars = ax.bar(tasks, [shares[t] for t in tasks], color="tab:blue", alpha=0.7, label="p_t")
     if num_examples is not None:
-        labels = [f"{num_examples * shares[t] / sizes[t]:.1f} passes" for t in tasks]
+        labels = [f"{num_examples * shares[t] / sizes[t]:.1f} passes expected" for t in tasks]
         ax.bar_label(bars, labels, padding=5)  # clear of the dot drawn at the bar top
     if measured is not None:
         ax.plot(tasks, [measured[t] for t in tasks], "ko", label="drawn by the sampler")

@@ -152,7 +152,7 @@ def test_task_mix_bars_are_the_sampling_shares_labelled_with_passes_per_example(
     expected_small = 220**0.5 / (2200**0.5 + 220**0.5)  # p_t ∝ N_t^(1/τ), τ = 2
     assert heights == pytest.approx([1 - expected_small, expected_small])
     labels = [text.get_text() for text in ax.texts]
-    assert labels == [f"{48_000 * (1 - expected_small) / 2200:.1f} passes", f"{48_000 * expected_small / 220:.1f} passes"]
+    assert labels == [f"{48_000 * (1 - expected_small) / 2200:.1f} passes expected", f"{48_000 * expected_small / 220:.1f} passes expected"]
     assert ax.lines[0].get_ydata().tolist() == [0.7, 0.3]
     uniform = plot_task_mix(sizes, float("inf"))
     assert [bar.get_height() for bar in uniform.patches] == pytest.approx([0.5, 0.5])
