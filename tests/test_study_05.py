@@ -83,3 +83,24 @@ def test_a_fast_run_stops_at_its_best_validation_epoch():
     # the head steps are measured per epoch and are non-zero for a model that trained
     assert all(len(v) == len(metrics["eval_steps"]) and max(v) > 0 for v in metrics["head_steps"].values())
     assert isinstance(model, nn.Module)
+
+
+def test_majority_baseline_predicts_the_training_majority_not_the_test_one():
+    # training majority is class 1; the test split's is class 0: F1 of class 1 = 2/5, class 0 = 0
+    value = study05.majority_macro_f1(torch.tensor([1, 1, 0]), torch.tensor([0, 0, 0, 1]), num_classes=2)
+    assert value == pytest.approx(0.2)
+
+
+def test_head_vector_is_a_copy_of_weight_and_bias():
+    model = study05.HardSharingModel(nn.Identity(), {"pos": nn.Linear(3, 2)})
+    vector = study05.head_vector(model, "pos")
+    assert vector.shape == (3 * 2 + 2,)
+    with torch.no_grad():
+        model.heads["pos"].weight.add_(1.0)
+    assert not torch.equal(vector, study05.head_vector(model, "pos"))
+
+
+def test_estimates_rank_the_runs_by_their_cost():
+    heads, trunk, gradnorm = (study05.config(arm, 1e-3, 0) for arm in (study05.HEADS, "equal", "GradNorm"))
+    assert study05.estimate_seconds(heads) < study05.estimate_seconds(trunk) < study05.estimate_seconds(gradnorm)
+    assert study05.estimate_seconds(study05.config("equal", 1e-3, 0, fast=True)) < study05.estimate_seconds(trunk)

@@ -219,9 +219,9 @@ def run(config: dict, device: torch.device | None = None, keep_model: bool = Fal
 
 
 def estimate_seconds(config: dict) -> float:
-    """A run's time on one thread of a busy 2-core CPU (measured on seed 0 of the full-size grid: 0.7 s for
-    heads, 1.2-1.8 s for a trunk, about 2 s with GradNorm)."""
-    per_step = {"heads": 0.002, "trunk": 0.0035}[config["model"]] * (1.5 if config["weighting"] == "GradNorm" else 1.0)
+    """A run's time on one thread of a busy 2-core CPU (the mean of this study's full run, 2026-12-06, beside
+    three other studies: 2.7 s for heads, 3.8-5.2 s for a trunk, 7.5 s with GradNorm, at 450 steps)."""
+    per_step = {"heads": 0.006, "trunk": 0.010}[config["model"]] * (1.6 if config["weighting"] == "GradNorm" else 1.0)
     return per_step * config["steps"] + 0.3
 
 
