@@ -250,11 +250,14 @@ WRONG_VERSIONS = {
          "forgotten = after - before if higher_is_better else before - after"),
     ],
     "a05_gradnorm": [
-        ("the targets not detached", "** alpha).detach()", "** alpha)"),
-        ("a plain softmax", "weights = len(logits) * torch.softmax(logits, dim=0)", "weights = torch.softmax(logits, dim=0)"),
+        ("the targets moving with λ", "targets = norms.mean() * (ratios / ratios.mean()) ** alpha  # constants",
+         "lam = weights.clone().requires_grad_(True)\n    norms = lam * sizes\n"
+         "    targets = norms.mean() * (ratios / ratios.mean()) ** alpha\n"
+         "    (gradient,) = torch.autograd.grad((norms - targets).abs().sum(), lam)\n    return len(weights) * (weights - lr * gradient) / (weights - lr * gradient).sum()"),
+        ("not renormalised", "return len(weights) * stepped / stepped.sum()", "return stepped"),
+        ("summing to 1", "return len(weights) * stepped / stepped.sum()", "return stepped / stepped.sum()"),
         ("ratios not normalised", "(ratios / ratios.mean()) ** alpha", "ratios ** alpha"),
-        ("squared gaps", "(norms - targets).abs().sum()", "(norms - targets).pow(2).sum()"),
-        ("norms not weighted", "norms = weights * task_grads.norm(dim=1)", "norms = task_grads.norm(dim=1) + 0 * weights"),
+        ("the sign only", "gradient = torch.sign(norms - targets) * sizes", "gradient = torch.sign(norms - targets)"),
     ],
     "a05_optimum": [
         ("-log L", "return torch.log(losses)", "return -torch.log(losses)"),
@@ -404,8 +407,9 @@ RIGHT_VERSIONS = {
     "a01_shared": [("float32 normal equations", "return torch.linalg.lstsq(x.double(), targets.double().unsqueeze(-1)).solution.squeeze(-1)",
                     "return torch.linalg.solve(x.T @ x, x.T @ targets)")],
     "a02_evidence": [("numpy's std", "float(d.std(unbiased=True))", "float(d.numpy().std(ddof=1))")],
-    "a05_gradnorm": [("the derivative by hand", "(gradient,) = torch.autograd.grad((norms - targets).abs().sum(), logits)",
-                      "gradient = torch.autograd.grad(norms, logits, (norms - targets).sign())[0]")],
+    "a05_gradnorm": [("autograd in λ", "gradient = torch.sign(norms - targets) * sizes  # ∂|G_t − target_t|/∂λ_t",
+                      "lam = weights.clone().requires_grad_(True)\n    (gradient,) = torch.autograd.grad("
+                      "(lam * sizes - targets.detach()).abs().sum(), lam)")],
     "a02_loss": [("log-softmax by hand", "F.cross_entropy(outputs, targets[positions])",
                   "-outputs.log_softmax(-1).gather(1, targets[positions][:, None]).mean()")],
     "a03_penalty": [("pdist of the flattened towers", "return total",

@@ -180,17 +180,17 @@ for metric, higher_is_better in (("A/accuracy", True), ("A/loss", False), ("B/ac
     result.append(numeric(forgetting_of(history, metric, phase_end, higher_is_better)))
 """),
     # -- 05 dynamic task weighting --------------------------------------------------------------------
-    "a05_gradnorm": _probe("gradnorm_logit_gradient", """
+    "a05_gradnorm": _probe("gradnorm_paper_step", """
 result = []
-# the gradient of Σ|G_t − target_t| depends on the signs only: the last case's losses fell far (ratios
-# near 0.15), so targets from unnormalised ratios fall below every G_t while normalised ones do not
+# a step depends on the signs of G_t − target_t: the last case's losses fell far (ratios near 0.15), so
+# targets from unnormalised ratios fall below every G_t while normalised ones do not
 for alpha, fell in ((0.0, 0.2), (0.3 + 1.5 * uniform(), 0.2), (3.0, 0.2), (3.0, 0.05)):
     T, P = draw(3, 5), draw(1, 6)
     task_grads = torch.randn(T, P, generator=g, dtype=torch.float64) * (0.2 + 2 * torch.rand(T, 1, generator=g, dtype=torch.float64))
-    logits = torch.randn(T, generator=g, dtype=torch.float64)
+    weights = T * torch.softmax(torch.randn(T, generator=g, dtype=torch.float64), dim=0)
     initial_losses = 2 * torch.rand(T, generator=g, dtype=torch.float64) + 0.5
     losses = initial_losses * (fell + (1 if fell == 0.2 else 0.25) * torch.rand(T, generator=g, dtype=torch.float64))
-    result.append(numeric(gradnorm_logit_gradient(task_grads, logits, losses, initial_losses, alpha)))
+    result.append(numeric(gradnorm_paper_step(task_grads, weights, losses, initial_losses, alpha, 0.02 + 0.1 * uniform())))
 """),
     "a05_optimum": _probe("optimal_log_variances", """
 result = [numeric(optimal_log_variances(torch.exp(4 * torch.rand(draw(2, 5), generator=g) - 2))) for _ in range(3)]
