@@ -154,7 +154,7 @@ def test_the_chapter_studies_have_primary_comparisons_of_their_own_runs_and_five
         assert all(config["epochs"] >= 1 for config in study.configs())
         fast_labels = {config["label"] for config in study.grid((0, 1), fast=True)}   # fast mode prints the primaries too
         assert all({c.a, c.b} <= fast_labels for c in study.primary), chapter
-    with pytest.raises(ValueError, match="studies exist for chapters: 07, 08, 09, 10, 11"):
+    with pytest.raises(ValueError, match="studies exist for chapters: 02, 07, 08, 09, 10, 11"):
         get_study("05")
 
 
@@ -219,7 +219,7 @@ def test_the_study_command_dry_run_prints_the_grid_and_its_time(capsys):
     assert "20 runs" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("argv", "message"), [(["study", "05"], "studies exist for chapters: 07, 08, 09, 10"),
+@pytest.mark.parametrize(("argv", "message"), [(["study", "05"], "studies exist for chapters: 02, 07, 08, 09, 10"),
                                                (["study", "07", "--seeds", "1"], "--seeds must be >= 2"),
                                                (["study", "07", "--device", "cuda:7"], "")])
 def test_the_study_command_refuses_bad_input_with_a_message(argv, message, capsys):
