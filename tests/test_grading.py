@@ -49,7 +49,7 @@ else:
 MISTAKES = {
     "01_averaged_optima.ipynb": ("01_multitask_objective", "a01_optimum", "not simply λa_1 + (1-λ)a_2"),
     "02_first_rows_as_targets.ipynb": ("02_hard_parameter_sharing", "a02_loss", "targets[positions], not the first rows"),
-    "05_target_not_detached.ipynb": ("05_dynamic_task_weighting", "a05_gradnorm", "no gradient may flow through them"),
+    "05_target_not_detached.ipynb": ("05_dynamic_task_weighting", "a05_gradnorm", "Ḡ included, are constants"),
     "06_projected_twice.ipynb": ("06_gradient_alignment", "a06_pcgrad", "off the *original* other gradient"),
     "07_no_residual.ipynb": ("07_adapter_tuning", "a07_forward", "keep the residual h"),
     "08_scaled_by_alpha.ipynb": ("08_lora", "a08_forward", "scale the update by α/r"),

@@ -234,12 +234,12 @@ def _autograded(grade_id: str, points: float, reference: dict, mine: dict, execu
     The test cell ran in the learner's kernel, so it can only take points away (a learner gains
     nothing by breaking it); the probe, judged here, is what gives them.
     """
-    if mine.get(grade_id) is None:
-        why = ended if ended != "normally" else "something in the notebook kept later cells from running as written"
-        return CellScore(grade_id, 0.0, points, f"did not run: {why}")
-    verdict = judge(reference.get(grade_id), mine[grade_id], PROBES[grade_id])
     cell = executed.get(grade_id, {})
     visible = _visible_failure(cell, limits.cell_timeout_s) if cell else ""
+    if mine.get(grade_id) is None:  # the probes, run last, never ran: the part's own test may say why it failed
+        why = ended if ended != "normally" else "something in the notebook kept later cells from running as written"
+        return CellScore(grade_id, 0.0, points, visible or f"did not run: {why}")
+    verdict = judge(reference.get(grade_id), mine[grade_id], PROBES[grade_id])
     answer = executed.get(grade_id + "_code", {})
     stopped = _visible_failure(answer, limits.cell_timeout_s) if answer else ""
     if verdict or visible:
@@ -364,6 +364,7 @@ def format_report(report: Report) -> str:
 
 def write_csv(reports: Sequence[Report], path: Path) -> None:
     """One row per submission and part (a refused file: one row with its reason)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["submission", "assignment", "part", "score", "max_score", "graded_by", "message", "flags"])
