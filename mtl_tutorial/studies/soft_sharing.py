@@ -36,7 +36,7 @@ and the same for every model (no model gets a tuning budget another lacks).
 
 from __future__ import annotations
 
-import functools
+import contextlib
 from types import SimpleNamespace
 from typing import Mapping, Sequence
 
@@ -44,9 +44,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtl_tutorial.data import MultiTaskDataset, load_text_tasks, make_correlated_tasks, multitask_loader
+from mtl_tutorial.data import MultiTaskDataset, make_correlated_tasks, multitask_loader
 from mtl_tutorial.evidence import Comparison, seeds_for_power
-from mtl_tutorial.features import frozen_features
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.relations import TaskAffinity, affinity_matrix
 from mtl_tutorial.runtime import seed_everything
@@ -54,6 +53,7 @@ from mtl_tutorial.sharing import (
     CrossStitchNetwork, MultiGateMixtureOfExperts, ProgressiveLayeredExtraction, SoftSharingPenalty,
     SoftSharingTowers, extraction_levels,
 )
+from mtl_tutorial.studies.adversarial_and_meta_learning import feature_data   # the four tasks' cached MiniLM features
 from mtl_tutorial.studies.runner import Study, StudyResults
 from mtl_tutorial.training import accuracy, evaluate, macro_f1, majority_class_accuracy, normalized_mean_squared_error, train
 
@@ -115,7 +115,7 @@ PARTNERS = tuple(t for t in TEXT_TASKS if t != TARGET)
 HEADS = "heads on frozen features"
 ALONE = "alone"
 BEST, WORST = "predicted best partner", "predicted worst partner"
-NEGATIVE_LOSS = "−test loss"     # the score of the partner runs: higher is better
+NEGATIVE_LOSS = "−test loss"     # the score of the partner runs, in millinats (1e-3 nats): higher is better
 
 
 def partner_label(partner: str | None) -> str:
@@ -196,15 +196,6 @@ def run_synthetic(config: dict) -> tuple[dict, nn.Module | None]:
     return {"scores": {EXPLAINED: float(np.mean(list(explained.values()))), **explained}, **extra}, model
 
 
-@functools.lru_cache(maxsize=2)
-def feature_data(max_per_task: int | None) -> tuple[dict, dict, dict]:
-    """(train, test, num_classes) of the four text tasks: task -> (frozen MiniLM features (N, 384), labels (N,))."""
-    splits = [load_text_tasks(list(TEXT_TASKS), split=split, max_per_task=max_per_task, seed=0) for split in ("train", "test")]
-    train_data, test_data = ({name: (frozen_features(task.texts, progress=False), task.labels) for name, task in s.items()}
-                             for s in splits)
-    return train_data, test_data, {name: task.num_classes for name, task in splits[0].items()}
-
-
 def _text_model(group: Sequence[str], width: int, num_classes: Mapping[str, int]) -> HardSharingModel:
     return HardSharingModel(mlp(384, width), {t: nn.Linear(width, num_classes[t]) for t in group})
 
@@ -260,15 +251,22 @@ def run_partners(config: dict) -> tuple[dict, nn.Module]:
 RUNS = {"synthetic": run_synthetic, "affinity": run_affinity, "partners": run_partners}
 
 
-def run(config: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, nn.Module | None]:
-    """A study's run function: (metrics, the trained model when ``keep_model``). CPU, one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
-        metrics, model = RUNS[config["kind"]](config)
+        yield
     finally:
-        torch.set_num_threads(threads)
-    return metrics, model if keep_model else None
+        torch.set_num_threads(before)
+
+
+def run(config: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, nn.Module | None]:
+    """A study's run function: (metrics, the trained model when ``keep_model``). CPU, one torch thread (the
+    models are small; ``device`` is accepted for the runner's interface)."""
+    with _torch_threads(1):
+        metrics, model = RUNS[config["kind"]](config)
+    return metrics, (model if keep_model else None)
 
 
 def estimate_seconds(config: dict) -> float:
@@ -308,15 +306,15 @@ def predicted_partners(results: StudyResults, step: str = "adam") -> dict[str, f
 
 
 def partner_scores(results: StudyResults, step: str = "adam") -> dict[str, dict[str, list[float]]]:
-    """{run: {NEGATIVE_LOSS, "accuracy", "macro-F1": [per seed]}} of the partner runs, with BEST and WORST
-    the runs of the partners that ``step``'s affinity ranks first and last."""
+    """{run: {NEGATIVE_LOSS (millinats), "accuracy", "macro-F1" (both in %): [per seed]}} of the partner runs, with
+    BEST and WORST the runs of the partners that ``step``'s affinity ranks first and last."""
     labels = [HEADS, ALONE, *(partner_label(p) for p in PARTNERS)]
     out = {}
     for label in labels:
         rows = results.select(label)
-        out[label] = {NEGATIVE_LOSS: [-row["metrics"]["scores"]["loss"] for row in rows],
-                      "accuracy": [row["metrics"]["scores"]["accuracy"] for row in rows],
-                      "macro-F1": [row["metrics"]["scores"]["macro_f1"] for row in rows]}
+        out[label] = {NEGATIVE_LOSS: [-1000 * row["metrics"]["scores"]["loss"] for row in rows],
+                      "accuracy": [100 * row["metrics"]["scores"]["accuracy"] for row in rows],
+                      "macro-F1": [100 * row["metrics"]["scores"]["macro_f1"] for row in rows]}
     ranked = list(predicted_partners(results, step))
     out[BEST], out[WORST] = out[partner_label(ranked[0])], out[partner_label(ranked[-1])]
     return out
