@@ -45,7 +45,11 @@ def fake_results():
     for m in S.MODELS:
         for p in S.CORRELATIONS:
             value = 0.9 if m == "MMoE" else 0.8
-            rows += [_row(S.synthetic_label(m, p), s, {"scores": {S.EXPLAINED: value + 0.01 * s}}, "synthetic") for s in (0, 1)]
+            for s in (0, 1):
+                extra = {"mean_gates": [[p, 1 - p], [s, 1 - s]]} if m in ("MMoE", "CGC") else {}
+                if m == "cross-stitch":
+                    extra = {"alpha_curves": {"steps": [50, 100], "alpha/0/task 1<-task 2": [0.1, 0.2 + p + s]}}
+                rows.append(_row(S.synthetic_label(m, p), s, {"scores": {S.EXPLAINED: value + 0.01 * s}, **extra}, "synthetic"))
     return StudyResults(S.STUDY, rows, None)
 
 
@@ -69,3 +73,13 @@ def test_a_short_synthetic_run_scores_r2_and_records_alpha():
     assert set(metrics["scores"]) == {S.EXPLAINED, *S.TASKS} and metrics["scores"][S.EXPLAINED] <= 1
     assert len(metrics["alphas"]) == 2 and metrics["alpha_curves"]["steps"] == [5]
     assert isinstance(model, nn.Module)
+
+
+def test_the_readers_return_the_run_of_the_seed_and_correlation_asked_for():
+    results = fake_results()
+    history = S.alpha_history(results, 1.0, seed=1)
+    assert history.eval_steps == [50, 100] and history.metrics["alpha/0/task 1<-task 2"] == [0.1, 2.2]
+    gates = S.mean_gates(results, seed=1)
+    assert set(gates) == {"MMoE", "CGC"} and gates["CGC"][0.0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
+    with pytest.raises(ValueError, match="seeds are \\[0, 1\\]"):
+        S.mean_gates(results, seed=7)

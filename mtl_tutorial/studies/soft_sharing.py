@@ -55,7 +55,7 @@ from mtl_tutorial.sharing import (
 )
 from mtl_tutorial.studies.adversarial_and_meta_learning import feature_data   # the four tasks' cached MiniLM features
 from mtl_tutorial.studies.runner import Study, StudyResults
-from mtl_tutorial.training import accuracy, evaluate, macro_f1, majority_class_accuracy, normalized_mean_squared_error, train
+from mtl_tutorial.training import History, accuracy, evaluate, macro_f1, majority_class_accuracy, normalized_mean_squared_error, train
 
 # ---------------------------------------------------------------- (a) the synthetic tasks and the models
 TASKS = ("task 1", "task 2")
@@ -288,6 +288,26 @@ def synthetic_scores(results: StudyResults) -> dict[str, dict[str, list[float]]]
         a, b = scores[synthetic_label("MMoE", p)], scores[synthetic_label("hard sharing", p)]
         scores[f"MMoE − hard sharing, p = {p:g}"] = {k: list(np.subtract(a[k], b[k])) for k in a}
     return scores
+
+
+def _synthetic_row(results: StudyResults, model: str, correlation: float, seed: int) -> dict:
+    rows = [r for r in results.select(synthetic_label(model, correlation)) if r["config"]["seed"] == seed]
+    if not rows:
+        raise ValueError(f"no {model} run at p = {correlation:g} with seed {seed}; the seeds are {results.seeds()}")
+    return rows[0]
+
+
+def alpha_history(results: StudyResults, correlation: float, seed: int) -> History:
+    """The α a cross-stitch run recorded over training, as a ``History`` (for ``plotting.plot_metric_curves``)."""
+    curves = dict(_synthetic_row(results, "cross-stitch", correlation, seed)["metrics"]["alpha_curves"])
+    steps = curves.pop("steps")
+    return History(TASKS, eval_steps=steps, metrics=curves)
+
+
+def mean_gates(results: StudyResults, seed: int) -> dict[str, dict[float, np.ndarray]]:
+    """{"MMoE" | "CGC": {p: (T, E) mean gate weights on the test inputs}} of one seed (for ``plotting.plot_gates_at``)."""
+    return {name: {p: np.array(_synthetic_row(results, name, p, seed)["metrics"]["mean_gates"]) for p in CORRELATIONS}
+            for name in ("MMoE", "CGC")}
 
 
 def affinity_matrices(results: StudyResults, step: str = "adam", kind: str = "affinity") -> np.ndarray:
