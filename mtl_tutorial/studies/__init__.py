@@ -26,8 +26,8 @@ from mtl_tutorial.studies.runner import (
     run_study,
 )
 
-STUDY_MODULES = {"03": "soft_sharing", "07": "adapter_tuning", "08": "lora", "09": "prefix_tuning", "10": "peft_showdown",
-                 "11": "adversarial_and_meta_learning"}
+STUDY_MODULES = {"07": "adapter_tuning", "08": "lora", "09": "prefix_tuning", "10": "peft_showdown",
+                 "11": "adversarial_and_meta_learning", "03": "soft_sharing"}
 
 
 def get_study(chapter: str, exercises: bool = False) -> Study:

@@ -10,8 +10,8 @@ Three kinds of run (``config["kind"]``), all small models on one torch thread:
   hard sharing comes twice: the chapter's one-layer trunk of 64 units (7,522, matched to MMoE's
   7,562) and a two-layer trunk of 53 units (9,097): the depth and parameter count of cross-stitch.
   Cross-stitch runs also store their α over training; MMoE and CGC their gate weights on the test
-  inputs. Only the two ends of p: a run takes ~5 s on a busy CPU thread, and the study's seeds at
-  six correlations (the chapter's earlier grid) would not fit its 15 minutes.
+  inputs. Only the two ends of p: a run takes ~7 s on one thread of a loaded CPU; the study took 20 min
+  (over its 15-minute target), and six correlations (the chapter's earlier grid) would take three times that.
 - ``"affinity"``: a shared layer of 128 units and a head per task on frozen MiniLM features of the
   four shipped text tasks, trained with Adam; every 5 steps the lookahead affinity Z (``relations``)
   is measured twice on the same batches: with Adam's own step (a copy of its state) and with the
@@ -270,12 +270,13 @@ def run(config: dict, device: torch.device | None = None, keep_model: bool = Fal
 
 
 def estimate_seconds(config: dict) -> float:
-    """A run's time on one thread of a busy 2-core CPU (measured on the pilot)."""
+    """A run's time on one thread of a busy 2-core CPU: the mean of the study's own runs (2026-12-06)."""
     if config["kind"] == "synthetic":
-        return {"hard sharing": 4.2, DEEP_HARD: 4.2, "penalty": 5.4, "cross-stitch": 5.8}.get(config["model"], 6.0) * config["steps"] / 800
+        seconds = {"hard sharing": 6.4, DEEP_HARD: 6.9, "penalty": 6.3, "cross-stitch": 7.7, "MMoE": 7.3, "CGC": 8.5}
+        return seconds[config["model"]] * config["steps"] / 800
     if config["kind"] == "affinity":
-        return 3.0 * config["steps"] / 200
-    return (0.4 if config["label"] == HEADS else 0.6 * len(config["tasks"])) * config["steps"] / 200
+        return 6.1 * config["steps"] / 200
+    return (0.5 if config["model"] == "heads" else 0.8 + 0.35 * (len(config["tasks"]) - 1)) * config["steps"] / 200
 
 
 # ---------------------------------------------------------------- reading the results
