@@ -18,11 +18,17 @@ Next to it, the cosine of the shared gradients, cos(∇_{θ_s} L_i, ∇_{θ_s} L
 the same sign as the cosine for a small step, but scaled by the gradient norms and j's loss, so
 a task with large gradients affects others more; and Z is not symmetric while the cosine is.
 
-How it differs from the paper: TAG computes Z at every training step on that step's batch, with the
-optimizer's own update. ``TaskAffinity`` runs as (part of) ``train``'s ``eval_fn`` every
-``eval_every`` steps, on a fresh random batch of each task's training data, with a plain SGD
-lookahead of size ``lr``; the model's parameters are never changed (the lookahead is a
-``torch.func.functional_call`` with the stepped parameters). Two conventions differ from TAG's code
+The step. TAG takes the lookahead with the optimizer that trains the model. Pass that optimizer
+(``optimizer=``, e.g. the Adam that ``train`` gets as ``optimizer=``) and the stepped θ_s is what
+one ``optimizer.step()`` on task i's gradient alone would give, from a copy of the optimizer's state
+(Adam: its moments and step count; the real state is not touched); without it, a plain SGD step
+θ_s − η ∇L_i of size ``lr``. The two are different steps: an SGD step of η = 1 against Adam's
+lr · m̂ / (√v̂ + ε) at lr = 1e-3, so they can rank partners differently.
+
+How it differs from the paper: TAG computes Z at every training step on that step's batch.
+``TaskAffinity`` runs as (part of) ``train``'s ``eval_fn`` every ``eval_every`` steps, on a fresh
+random batch of each task's training data; the model's parameters are never changed (the lookahead
+is a ``torch.func.functional_call`` with the stepped parameters). Two conventions differ from TAG's code
 (google-research/tag, e.g. ``celeba/CelebA.ipynb``), so its numbers and ours are not comparable as is:
 
 - *scale*: TAG's code divides by the learning rate, (1 − L_after / L_before) / η, a rate per unit
@@ -35,12 +41,13 @@ lookahead of size ``lr``; the model's parameters are never changed (the lookahea
   train mode (``training=True``), so dropout noise and batch statistics enter its losses.
 
 Whether a predicted partner really helps is then a paired comparison over seeds
-(``mtl_tutorial.evidence``). Layout: the argument checks, the one-batch affinity, the tracker for
-``train``, reading the matrices back from a ``History``.
+(``mtl_tutorial.evidence``). Layout: the argument checks, the lookahead step (SGD or the optimizer's),
+the one-batch affinity, the tracker for ``train``, reading the matrices back from a ``History``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -63,6 +70,52 @@ def _check_lr(lr: Any) -> None:
         raise TypeError(f"lr (the lookahead step η) must be a number, got {type(lr).__name__} {lr!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr (the lookahead step η) must be > 0, got {lr!r}")
+
+
+def _check_step(lr: Any, optimizer: Any) -> None:
+    """Exactly one lookahead: an SGD step of size ``lr`` or the ``optimizer``'s own step."""
+    if optimizer is None:
+        if lr is None:
+            raise ValueError("give the lookahead step: lr=η for a plain SGD step, or optimizer= the optimizer that "
+                             "trains the model (TAG's choice: the step training takes)")
+        _check_lr(lr)
+        return
+    if lr is not None:
+        raise ValueError(f"give lr (an SGD lookahead) or optimizer (its own step, at its own learning rate), not both; "
+                         f"got lr={lr!r} and a {type(optimizer).__name__}: drop lr")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer (the one that trains the model), got "
+                        f"{type(optimizer).__name__}")
+
+
+def optimizer_lookahead(optimizer: torch.optim.Optimizer, parameters: Sequence[torch.Tensor],
+                        grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """What one ``optimizer.step()`` would make of ``parameters`` with gradients ``grads``, as new tensors.
+
+    The step runs on copies of the parameters with a copy of the optimizer's state for them (Adam: the
+    moments m, v and the step count; with no state yet, a first step) and each parameter's group
+    settings (lr, betas, weight decay): the optimizer and the parameters are left unchanged. A None
+    gradient leaves its parameter where it is, as ``step()`` does. parameters: P tensors that
+    ``optimizer`` trains; grads: P tensors of the same shapes (or None).
+    """
+    if len(parameters) != len(grads):
+        raise ValueError(f"give one gradient per parameter: {len(parameters)} parameters, {len(grads)} gradients")
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    missing = [i for i, p in enumerate(parameters) if id(p) not in group_of]
+    if missing:
+        raise ValueError(f"the optimizer does not train {len(missing)} of the {len(parameters)} shared parameters "
+                         f"(e.g. one of shape {tuple(parameters[missing[0]].shape)}); pass the optimizer that trains "
+                         f"this model, the one given to train(optimizer=...)")
+    copies = [p.detach().clone().requires_grad_(True) for p in parameters]
+    groups = [{**{k: v for k, v in group_of[id(p)].items() if k != "params"}, "params": [c]}
+              for p, c in zip(parameters, copies)]
+    shadow = type(optimizer)(groups, **optimizer.defaults)
+    for p, c, g in zip(parameters, copies, grads):
+        if p in optimizer.state:
+            shadow.state[c] = copy.deepcopy(optimizer.state[p])
+        c.grad = None if g is None else g.detach().clone()
+    shadow.step()
+    return [c.detach() for c in copies]
 
 
 def _check_pairs(what: str, pairs: Any) -> dict[str, int]:
@@ -131,16 +184,19 @@ def lookahead_affinity(
     model: nn.Module,
     batches: Mapping[str, tuple[Any, torch.Tensor]],
     loss_fns: Mapping[str, LossFunction],
-    lr: float,
+    lr: float | None = None,
     shared: str | Sequence[str] = ("trunk.",),
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lookahead affinity Z and shared-gradient cosines on one batch per task: two (T, T) float64 tensors.
 
-    batches: task -> (inputs (B_t, ...), targets (B_t, ...)); loss_fns: task -> loss; lr: η of the
-    SGD lookahead. Z[i, j] = 1 − L_j(θ_s − η ∇L_i) / L_j(θ_s), rows and columns in the order of
-    ``batches``. The model is left unchanged. Gradients are computed even under ``torch.no_grad``.
+    batches: task -> (inputs (B_t, ...), targets (B_t, ...)); loss_fns: task -> loss. The step: lr, η
+    of an SGD lookahead, Z[i, j] = 1 − L_j(θ_s − η ∇L_i) / L_j(θ_s); or optimizer, the one training
+    uses, Z[i, j] = 1 − L_j(θ_s after its step on ∇L_i alone) / L_j(θ_s) (``optimizer_lookahead``).
+    Rows and columns in the order of ``batches``. The model and the optimizer are left unchanged.
+    Gradients are computed even under ``torch.no_grad``.
     """
-    _check_lr(lr)
+    _check_step(lr, optimizer)
     _check_pairs("batches", batches)
     tasks = list(batches)
     _check_loss_fns(loss_fns, tasks)
@@ -157,14 +213,15 @@ def lookahead_affinity(
                     f"is undefined; the lookahead affinity needs finite losses > 0 (a task whose loss is already 0 "
                     f"has no progress to measure)"
                 )
-        grads = {}
-        for t in tasks:
-            found = torch.autograd.grad(losses[t], [params[n] for n in names], allow_unused=True)
-            grads[t] = [torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, found)]
+        found = {t: torch.autograd.grad(losses[t], [params[n] for n in names], allow_unused=True) for t in tasks}
+    grads = {t: [torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, found[t])] for t in tasks}
     affinity = torch.zeros(len(tasks), len(tasks), dtype=torch.float64)
     with torch.no_grad():
         for i, source in enumerate(tasks):
-            stepped = {n: params[n] - lr * g for n, g in zip(names, grads[source])}
+            if optimizer is None:
+                stepped = {n: params[n] - lr * g for n, g in zip(names, grads[source])}
+            else:
+                stepped = dict(zip(names, optimizer_lookahead(optimizer, [params[n] for n in names], found[source])))
             for j, target in enumerate(tasks):
                 x, y = batches[target]
                 after = loss_fns[target](functional_call(model, stepped, (x, target)), y)
@@ -187,23 +244,26 @@ class TaskAffinity:
     examples per task (``seed``: same seed, same draws) and returns
     {``affinity_metric_name(kind, i, j)``: value}, which ``train`` records in ``History.metrics``:
 
-        affinity = TaskAffinity(train_data, loss_fns, lr=0.1)
-        history = train(model, loader, loss_fns, num_steps, eval_fn=affinity, eval_every=10)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        affinity = TaskAffinity(train_data, loss_fns, optimizer=optimizer)   # or lr=η: an SGD lookahead
+        history = train(model, loader, loss_fns, num_steps, optimizer=optimizer, eval_fn=affinity, eval_every=10)
         Z = affinity_matrix(history, tasks)        # (T, T), averaged over training
     """
 
     def __init__(
-        self, data: Mapping[str, tuple[Any, torch.Tensor]], loss_fns: Mapping[str, LossFunction], lr: float,
+        self, data: Mapping[str, tuple[Any, torch.Tensor]], loss_fns: Mapping[str, LossFunction], lr: float | None = None,
         batch_size: int = 64, shared: str | Sequence[str] = ("trunk.",), seed: int = 0,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         self.sizes = _check_pairs("data", data)
         _check_loss_fns(loss_fns, list(data))
-        _check_lr(lr)
+        _check_step(lr, optimizer)
         check_batch_size(batch_size)
         _check_shared(shared)
         if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
         self.data, self.loss_fns, self.lr, self.batch_size, self.shared = data, loss_fns, lr, batch_size, shared
+        self.optimizer = optimizer
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def __call__(self, model: nn.Module) -> dict[str, float]:
@@ -214,7 +274,7 @@ class TaskAffinity:
             x = select_examples(inputs, positions)
             x = x.to(device) if isinstance(x, torch.Tensor) else x
             batches[task] = (x, torch.as_tensor(targets)[positions].to(device))
-        affinity, cosines = lookahead_affinity(model, batches, self.loss_fns, self.lr, self.shared)
+        affinity, cosines = lookahead_affinity(model, batches, self.loss_fns, self.lr, self.shared, self.optimizer)
         tasks = list(batches)
         return {affinity_metric_name(kind, s, t): float(matrix[i, j])
                 for kind, matrix in (("affinity", affinity), ("cosine", cosines))

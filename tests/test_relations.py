@@ -1,5 +1,7 @@
 """Lookahead task affinity (Fifty et al. 2021), its tracker inside train(), and the seed interval."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -175,3 +177,87 @@ def test_affinity_matrix_inputs_it_cannot_serve():
         affinity_matrix(history, ["a", "b"], start=1.5)
     with pytest.raises(ValueError, match="kind must be 'affinity' or 'cosine'"):
         affinity_matrix(history, ["a", "b"], kind="cosines")
+
+
+# ---------------------------------------------------------------- the lookahead with the training optimizer
+
+def two_layer_tasks():
+    """Two regression tasks on a shared two-layer trunk with heads, so that Adam's state and heads both matter."""
+    torch.manual_seed(1)
+    x = torch.randn(32, 4)
+    model = HardSharingModel(nn.Sequential(nn.Linear(4, 5), nn.Tanh()),
+                             {t: nn.Sequential(nn.Linear(5, 1), nn.Flatten(0)) for t in "ab"})
+    batches = {"a": (x, x[:, 0] - x[:, 1]), "b": (x, x[:, 1] + 0.5 * x[:, 2])}
+    return model, batches
+
+
+def test_adam_lookahead_with_no_state_is_adams_first_step_not_an_sgd_step():
+    model, batches = two_layer_tasks()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    affinity, _ = lookahead_affinity(model, batches, {"a": MSE, "b": MSE}, optimizer=optimizer)
+    # by hand: Adam's first step is lr · g / (|g| + ε) (m̂ = g, v̂ = g²), on the trunk only
+    x, y_a = batches["a"]
+    trunk = dict(model.trunk.named_parameters())
+    grads = torch.autograd.grad(MSE(model(x, "a"), y_a), list(trunk.values()))
+    stepped = {f"trunk.{n}": p - 1e-3 * g / (g.abs() + 1e-8) for (n, p), g in zip(trunk.items(), grads)}
+    _, y_b = batches["b"]
+    with torch.no_grad():
+        after = MSE(torch.func.functional_call(model, stepped, (x, "b")), y_b)
+        before = MSE(model(x, "b"), y_b)
+    assert affinity[0, 1].item() == pytest.approx(1 - (after / before).item(), rel=1e-4)
+    sgd, _ = lookahead_affinity(model, batches, {"a": MSE, "b": MSE}, lr=1e-3)   # the wrong version: an SGD step
+    assert not torch.allclose(sgd, affinity, rtol=0.1, atol=0)
+    assert not optimizer.state   # the lookahead gave the optimizer no state
+
+
+def test_adam_lookahead_with_state_is_one_real_step_on_the_source_task_alone():
+    model, batches = two_layer_tasks()
+    loss_fns = {"a": MSE, "b": MSE}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):   # joint training steps: the moments now hold both tasks
+        optimizer.zero_grad()
+        sum(MSE(model(x, t), y) for t, (x, y) in batches.items()).backward()
+        optimizer.step()
+    saved = {k: v.clone() for k, v in optimizer.state[model.trunk[0].weight].items()}
+    weights = model.trunk[0].weight.detach().clone()
+    affinity, _ = lookahead_affinity(model, batches, loss_fns, optimizer=optimizer)
+    for i, source in enumerate("ab"):   # the step training would take on task i: copies of model and optimizer
+        twin = copy.deepcopy(model)
+        twin.zero_grad(set_to_none=True)   # no gradient left from the joint steps
+        twin_optimizer = torch.optim.Adam(twin.parameters(), lr=1e-2)
+        twin_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))   # load_state_dict shares tensors
+        x, y = batches[source]
+        shared = list(twin.trunk.parameters())
+        for p, g in zip(shared, torch.autograd.grad(MSE(twin(x, source), y), shared)):
+            p.grad = g
+        twin_optimizer.step()   # the heads have no gradient: Adam leaves them
+        with torch.no_grad():
+            for j, target in enumerate("ab"):
+                x, y = batches[target]
+                expected = 1 - (MSE(twin(x, target), y) / MSE(model(x, target), y)).item()
+                assert affinity[i, j].item() == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    torch.testing.assert_close(model.trunk[0].weight, weights)   # neither the model nor the optimizer moved
+    for key, value in optimizer.state[model.trunk[0].weight].items():
+        torch.testing.assert_close(value, saved[key])
+
+
+def test_the_tracker_passes_the_optimizer_to_the_lookahead():
+    model, batches = two_layer_tasks()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    tracker = TaskAffinity(batches, {"a": MSE, "b": MSE}, optimizer=optimizer, batch_size=32)   # the whole data
+    values = tracker(model)
+    expected, _ = lookahead_affinity(model, batches, {"a": MSE, "b": MSE}, optimizer=optimizer)
+    assert values[affinity_metric_name("affinity", "a", "b")] == pytest.approx(expected[0, 1].item(), rel=1e-3)
+
+
+def test_the_lookahead_step_is_named_once_and_by_the_right_optimizer():
+    model, batches = two_layer_tasks()
+    other = torch.optim.Adam(nn.Linear(2, 2).parameters())
+    with pytest.raises(ValueError, match="not both"):
+        lookahead_affinity(model, batches, {"a": MSE, "b": MSE}, lr=0.1, optimizer=torch.optim.Adam(model.parameters()))
+    with pytest.raises(ValueError, match="give the lookahead step"):
+        lookahead_affinity(model, batches, {"a": MSE, "b": MSE})
+    with pytest.raises(ValueError, match="does not train"):
+        lookahead_affinity(model, batches, {"a": MSE, "b": MSE}, optimizer=other)
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        TaskAffinity(batches, {"a": MSE, "b": MSE}, optimizer="adam")
