@@ -5,7 +5,7 @@
     runs = get_study("07", exercises=True)  # the runs its worked solutions need
     results = load_study(study)         # notebooks/results/07_adapter_tuning.jsonl, read back
 
-One module per chapter: ``adapter_tuning`` (07), ``lora`` (08), ``prefix_tuning`` (09), ``peft_showdown`` (10),
+One module per chapter: ``gradient_alignment`` (06), ``adapter_tuning`` (07), ``lora`` (08), ``prefix_tuning`` (09), ``peft_showdown`` (10),
 ``adversarial_and_meta_learning`` (11); ``text_runs`` is
 the run they share. ``mtl-tutorial study NN`` runs one from the command line.
 """
@@ -26,7 +26,7 @@ from mtl_tutorial.studies.runner import (
     run_study,
 )
 
-STUDY_MODULES = {"07": "adapter_tuning", "08": "lora", "09": "prefix_tuning", "10": "peft_showdown",
+STUDY_MODULES = {"06": "gradient_alignment", "07": "adapter_tuning", "08": "lora", "09": "prefix_tuning", "10": "peft_showdown",
                  "11": "adversarial_and_meta_learning"}
 
 
