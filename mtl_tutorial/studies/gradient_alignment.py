@@ -9,7 +9,7 @@ budget). Test macro-F1 (and accuracy) on the whole test splits. Four kinds of ru
 
 - ``"aggregate"``: ``GradientAggregation(method, mode)``, method ∈ {equal, pcgrad, mgda, cagrad (c = 0.5)},
   mode ∈ {parameters, representation}. Records the mean α_t over training (for the controls), α_t and
-  ‖g_t‖ in windows of ``WINDOW`` steps, and each task pair's mean cosine and conflict rate (share of
+  ‖g_t‖ as means over ``WINDOW_COUNT`` windows of the run, and each task pair's mean cosine and conflict rate (share of
   steps with cos < 0); equal weighting's runs also keep the windowed cosine curves.
 - ``"static"``: the control "is it the geometry or the re-weighting?": a plain Σ_t λ_t L_t whose fixed λ_t
   are the mean α_t of the same seed's MGDA or CAGrad run (parameters mode; recomputed, or cached within
@@ -53,7 +53,7 @@ DEFAULT_SEEDS = tuple(range(seeds_for_power(PILOT_DIFFERENCE_SD, SMALLEST_DIFFER
 
 HEADS = "heads on frozen features"
 CROSS, NULL = "different tasks", "halves of one task (null)"
-CONFLICT = "conflict rate"   # the key of the pooled rate in ``conflict_scores``
+ALL_PAIRS = "all pairs"   # the key of the pooled pairs in ``conflict_scores``
 
 
 def label(method: str, mode: str = "parameters") -> str:
@@ -73,7 +73,7 @@ def pair_key(a: str, b: str) -> str:
 PRIMARY = (
     Comparison(label("cagrad"), label("equal")),           # does CAGrad beat equal weighting (mean macro-F1)?
     Comparison(label("cagrad"), static_label("cagrad")),   # ... by its geometry, beyond its average re-weighting?
-    Comparison(CROSS, NULL, CONFLICT),                     # do different tasks conflict more than noise alone gives?
+    Comparison(CROSS, NULL, ALL_PAIRS),                    # do different tasks conflict more than noise alone gives?
 )
 
 
@@ -249,7 +249,7 @@ def f1_scores(results: StudyResults, labels: list[str] | None = None) -> dict[st
 
 def conflict_scores(results: StudyResults, statistic: str = "conflict") -> dict[str, dict[str, list[float]]]:
     """The null run's pairs as two "methods" for ``evidence.family_intervals``, per seed:
-    {CROSS: {CONFLICT: mean over the 6 task pairs, "a · b": that pair}, NULL: {CONFLICT: mean over the
+    {CROSS: {ALL_PAIRS: mean over the 6 task pairs, "a · b": that pair}, NULL: {ALL_PAIRS: mean over the
     4 tasks' halves, "a · b": the mean of the halves of a and of b}}. statistic: "conflict" (share of
     steps with cos < 0) or "mean" (the mean cosine)."""
     if statistic not in ("conflict", "mean"):
@@ -261,8 +261,8 @@ def conflict_scores(results: StudyResults, statistic: str = "conflict") -> dict[
     cross = {pair_key(a, b): [row["metrics"]["pairs"][pair_key(a, b)][statistic] for row in rows] for a, b in PAIRS}
     halves = {t: np.array([row["metrics"]["halves"][t][statistic] for row in rows]) for t in TASKS}
     null = {pair_key(a, b): list((halves[a] + halves[b]) / 2) for a, b in PAIRS}
-    return {CROSS: {CONFLICT: list(np.mean(list(cross.values()), axis=0)), **cross},
-            NULL: {CONFLICT: list(np.mean(list(halves.values()), axis=0)), **null}}
+    return {CROSS: {ALL_PAIRS: list(np.mean(list(cross.values()), axis=0)), **cross},
+            NULL: {ALL_PAIRS: list(np.mean(list(halves.values()), axis=0)), **null}}
 
 
 def window_curves(results: StudyResults, run_label: str, key: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -291,3 +291,11 @@ STUDY = Study(
     primary=PRIMARY,
     default_seeds=DEFAULT_SEEDS,
 )
+
+
+def first_and_last_tenth(results: StudyResults, run_label: str, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{task: (mean over the first tenth of the run, mean over the last tenth)}, each (seeds,), of a stored
+    windowed curve (key "alpha_windows" or "norm_windows"): how α_t or ‖g_t‖ moved over training."""
+    _, curves = window_curves(results, run_label, key)
+    tenth = max(1, next(iter(curves.values())).shape[1] // 10)
+    return {t: (c[:, :tenth].mean(axis=1), c[:, -tenth:].mean(axis=1)) for t, c in curves.items()}
