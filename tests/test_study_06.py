@@ -3,6 +3,7 @@ pairs each task pair with the halves of its own two tasks, and stored curves are
 
 import numpy as np
 import pytest
+import torch
 
 from mtl_tutorial.studies import get_study
 from mtl_tutorial.studies import gradient_alignment as study06
@@ -59,3 +60,14 @@ def test_conflict_scores_set_each_pair_against_the_halves_of_its_own_two_tasks()
     assert study06.conflict_scores(results, "mean")[study06.NULL][study06.ALL_PAIRS] == pytest.approx([0.036, 0.032])
     with pytest.raises(ValueError, match="statistic must be 'conflict'"):
         study06.conflict_scores(results, "cosine")
+
+
+def test_every_batch_holds_every_task_although_the_tasks_differ_in_size():
+    data = {"small": (torch.randn(20, 3), torch.zeros(20, dtype=torch.long)),
+            "large": (torch.randn(400, 3), torch.zeros(400, dtype=torch.long))}
+    config = {"batch_size": 32, "sampling": "uniform", "seed": 0, "steps": 60}
+    batches = list(study06._loader(data, config))
+    assert len(batches) == 60   # the run's steps, although "small" has 20 examples (more than one pass)
+    assert all(set(batch.tasks) == {"small", "large"} for batch in batches)
+    counts = np.array([sum(task == "small" for task in batch.tasks) for batch in batches])
+    assert 12 < counts.mean() < 20   # about half of each batch, not in proportion to the sizes

@@ -2,8 +2,9 @@
 conflict rate of task pairs against a null of two halves of one task.
 
 All runs train a shared trunk (384 → 256, ReLU) with one linear head per task on frozen MiniLM features
-(cached), mixed batches of 64 (16 per task), Adam at lr 1e-3 for 300 steps: at all 592 + 592 + 2,200 +
-2,200 training examples that is ≥ 2.2 epochs of every task (8 of the review tasks). Nothing is tuned: every
+(cached), mixed batches of 64 whose examples draw their task uniformly (about 16 per task in every
+batch, ``_loader``), Adam at lr 1e-3 for 300 steps: at all 592 + 592 + 2,200 + 2,200 training examples
+that is ≥ 2.2 epochs of every task (8 of the review tasks). Nothing is tuned: every
 run, baselines included, has the chapter's step size and step count, fixed before the study (the same
 budget). Test macro-F1 (and accuracy) on the whole test splits. Four kinds of run (``config["kind"]``):
 
@@ -79,7 +80,7 @@ PRIMARY = (
 
 def _base(kind: str, label_: str, seed: int, fast: bool) -> dict:
     return {"kind": kind, "label": label_, "seed": seed, "tasks": list(TASKS), "width": 256, "batch_size": 64,
-            "steps": 30 if fast else 300, "lr": 1e-3, "max_per_task": 64 if fast else None}
+            "sampling": "uniform", "steps": 30 if fast else 300, "lr": 1e-3, "max_per_task": 64 if fast else None}
 
 
 def aggregate_config(method: str, mode: str, seed: int, fast: bool = False) -> dict:
@@ -133,8 +134,12 @@ def _scores(model: nn.Module, test_data: dict) -> dict:
 
 
 def _loader(data: dict, config: dict, batch_size: int | None = None):
-    return multitask_loader(MultiTaskDataset(data), batch_size or config["batch_size"], strategy="uniform", mixed=True,
-                            seed=config["seed"])
+    """Mixed batches whose examples draw their task uniformly and i.i.d. (``replacement=True``: each task's
+    pass over its examples continues across epochs), so every batch holds about batch_size / T examples of
+    every task. Without replacement an epoch visits every example once, and once the two review tasks
+    (592 examples) run out, its last batches hold only the two WordNet tasks (2,200)."""
+    return multitask_loader(MultiTaskDataset(data), batch_size or config["batch_size"], strategy=config["sampling"], mixed=True,
+                            seed=config["seed"], replacement=True, num_batches=config["steps"])
 
 
 def _train_aggregate(config: dict) -> tuple[HardSharingModel, GradientAggregation, object]:
@@ -180,7 +185,7 @@ def run_aggregate(config: dict) -> tuple[dict, nn.Module]:
 
 def run_static(config: dict) -> tuple[dict, nn.Module]:
     source = aggregate_config(config["weights_of"], "parameters", config["seed"]) | {
-        k: config[k] for k in ("steps", "max_per_task", "lr", "batch_size", "width", "c")}
+        k: config[k] for k in ("steps", "max_per_task", "lr", "batch_size", "width", "c", "sampling")}
     weights = mean_weights(source)
     train_data, test_data, num_classes = feature_data(config["max_per_task"])
     model = _model(config, num_classes)
