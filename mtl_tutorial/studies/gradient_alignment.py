@@ -236,11 +236,12 @@ def run(config: dict, device: torch.device | None = None, keep_model: bool = Fal
 
 
 def estimate_seconds(config: dict) -> float:
-    """A run's time on one thread of a busy 2-core CPU (measured on seed 0 of the full-size grid, ×1.3). A
-    static control reuses the mean α of its aggregator run, which the grid runs first in the same process."""
-    per_step = {"heads": 0.003, "static": 0.004, "null": 0.025}.get(config["kind"])
+    """A run's time on one thread of a busy 2-core CPU: the mean of the study's own runs (9 seeds, 2026-12-06,
+    the machine shared with other jobs). A static control reuses the mean α of its aggregator run, which the
+    grid runs first in the same process."""
+    per_step = {"heads": 0.0015, "static": 0.004, "null": 0.047}.get(config["kind"])
     if per_step is None:
-        per_step = 0.012 if config["mode"] == "parameters" else 0.005
+        per_step = 0.02 if config["mode"] == "parameters" else 0.008
     return per_step * config["steps"] + 1
 
 
