@@ -354,7 +354,8 @@ class GradientAggregation:
       ∂L_t/∂z are zero elsewhere, so flattened gradients of different tasks never overlap and
       would always look orthogonal.
     Either way each head keeps the gradient of its own loss. ``cosine_curve(a, b)`` gives the cosine
-    between two tasks' gradients at every step; ``weights`` returned to the loop are the α_t.
+    between two tasks' gradients at every step, ``norm_curve(t)`` the length ‖g_t‖ = √G_tt; ``weights``
+    returned to the loop are the α_t.
     c: CAGrad's radius (method "cagrad" only); seed: PCGrad's random projection order.
     Data-parallel, ``train`` calls it with ``reduce`` (``weighting.Reduce``: a (T, P) tensor -> its mean
     over the ranks, the same on every rank): the task gradients are averaged before the Gram matrix,
@@ -376,7 +377,7 @@ class GradientAggregation:
             )
         self.model, self.method, self.mode, self.c = model, method, mode, c
         self.generator = torch.Generator().manual_seed(seed)
-        self._records: list[tuple[int, tuple[str, ...], torch.Tensor]] = []  # (step, tasks, cosines)
+        self._records: list[tuple[int, tuple[str, ...], torch.Tensor, torch.Tensor]] = []  # (step, tasks, cosines, norms)
         self._features: torch.Tensor | None = None
         self._hook = model.trunk.register_forward_hook(self._capture) if mode == "representation" else None
 
@@ -443,7 +444,7 @@ class GradientAggregation:
             )
         gram = (flat.double() @ flat.double().T).cpu()  # float64, as gram_matrix (which needs T >= 2)
         weights = self._weights(gram) if len(tasks) > 1 else torch.ones(1, dtype=torch.float64)
-        self._records.append((step, tasks, _cosines(gram)))
+        self._records.append((step, tasks, _cosines(gram), gram.diagonal().clamp_min(0).sqrt()))
         alpha = weights.to(flat.device, flat.dtype)
         if self.mode == "representation":
             self._features.backward((alpha[:, None, None] * per_example).sum(dim=0))
@@ -457,10 +458,22 @@ class GradientAggregation:
     def cosine_curve(self, task_a: str, task_b: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, cos(g_a, g_b)) at the steps where both tasks had a loss: two (K,) arrays."""
         steps, values = [], []
-        for step, tasks, cosines in self._records:
+        for step, tasks, cosines, _ in self._records:
             if task_a in tasks and task_b in tasks:
                 steps.append(step)
                 values.append(float(cosines[tasks.index(task_a), tasks.index(task_b)]))
         if not steps:
             raise ValueError(f"no step had gradients of both {task_a!r} and {task_b!r}")
+        return np.array(steps), np.array(values)
+
+    def norm_curve(self, task: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, ‖g_task‖) at the steps where the task had a loss: two (K,) arrays (the gradient at the
+        trunk's parameters or of the feature shift, as ``mode`` says; before the weights α are applied)."""
+        steps, values = [], []
+        for step, tasks, _, norms in self._records:
+            if task in tasks:
+                steps.append(step)
+                values.append(float(norms[tasks.index(task)]))
+        if not steps:
+            raise ValueError(f"no step had a gradient of task {task!r}")
         return np.array(steps), np.array(values)

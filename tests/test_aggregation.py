@@ -388,3 +388,21 @@ def test_step_times_are_reported_relative_to_equal_weighting():
     assert list(times) == ["equal", "mgda/parameters", "mgda/representation"]
     assert times["equal"]["ratio"] == 1.0
     assert all(entry["seconds"] > 0 for entry in times.values())
+
+
+@pytest.mark.parametrize("mode", ["parameters", "representation"])
+def test_norm_curve_records_each_tasks_gradient_length_before_the_weights(mode):
+    model, _, batch, loss_fns = two_task_setup()
+    grads, _ = per_task_gradients(model, batch, loss_fns)
+    aggregation = GradientAggregation(model, "mgda", mode=mode)   # α ≠ 1: the norms must be of the raw g_t
+    losses = task_losses(model, batch, loss_fns)
+    if mode == "representation":
+        features = aggregation._features
+        grads = torch.stack([torch.autograd.grad(loss, features, retain_graph=True)[0].sum(0) for loss in losses.values()])
+    aggregation(losses, step=3)
+    for k, task in enumerate(("a", "b")):
+        steps, norms = aggregation.norm_curve(task)
+        assert steps.tolist() == [3]
+        assert norms[0] == pytest.approx(float(grads[k].norm()), rel=1e-5)
+    with pytest.raises(ValueError, match="no step had a gradient of task 'c'"):
+        aggregation.norm_curve("c")

@@ -6,7 +6,8 @@
     results = load_study(study)         # notebooks/results/07_adapter_tuning.jsonl, read back
 
 One module per chapter: ``hard_parameter_sharing`` (02), ``soft_sharing`` (03), ``training_schedules`` (04),
-``dynamic_task_weighting`` (05), ``adapter_tuning`` (07), ``lora`` (08), ``prefix_tuning`` (09), ``peft_showdown`` (10),
+``dynamic_task_weighting`` (05), ``gradient_alignment`` (06), ``adapter_tuning`` (07), ``lora`` (08), ``prefix_tuning`` (09),
+``peft_showdown`` (10),
 ``adversarial_and_meta_learning`` (11); ``text_runs`` is
 the run they share. ``mtl-tutorial study NN`` runs one from the command line.
 """
@@ -28,7 +29,7 @@ from mtl_tutorial.studies.runner import (
 )
 
 STUDY_MODULES = {"02": "hard_parameter_sharing", "03": "soft_sharing", "04": "training_schedules", "05": "dynamic_task_weighting",
-                 "07": "adapter_tuning", "08": "lora", "09": "prefix_tuning", "10": "peft_showdown",
+                 "06": "gradient_alignment", "07": "adapter_tuning", "08": "lora", "09": "prefix_tuning", "10": "peft_showdown",
                  "11": "adversarial_and_meta_learning"}
 
 
