@@ -1,6 +1,5 @@
 """The study runner: one line per finished run, resumable after a kill, nothing run twice."""
 
-import json
 import os
 import signal
 import subprocess
@@ -241,3 +240,26 @@ def test_chapter_07s_exercise_runs_are_houlsby_adapters_changed_in_one_setting_e
     assert len(exercises.configs()) == 4 * len(study.default_seeds)
     with pytest.raises(ValueError, match="no study of its worked solutions"):
         get_study("10", exercises=True)
+
+
+def test_one_thread_run_runs_on_one_thread_restores_the_count_and_drops_the_model_unless_asked():
+    import torch
+
+    from mtl_tutorial.studies.runner import one_thread_run
+
+    seen = []
+
+    def fit(config):
+        seen.append(torch.get_num_threads())
+        if config.get("fail"):
+            raise RuntimeError("a run failed")
+        return {"score": config["seed"]}, "the model"
+
+    before = torch.get_num_threads()
+    run = one_thread_run({"fit": fit})
+    assert run({"kind": "fit", "seed": 3}) == ({"score": 3}, None)
+    assert run({"kind": "fit", "seed": 3}, keep_model=True) == ({"score": 3}, "the model")
+    with pytest.raises(RuntimeError, match="a run failed"):
+        run({"kind": "fit", "seed": 0, "fail": True})
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before
+    assert one_thread_run(fit)({"seed": 5}) == ({"score": 5}, None), "a single run function needs no kind"

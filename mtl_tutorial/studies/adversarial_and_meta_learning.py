@@ -47,7 +47,7 @@ from mtl_tutorial.meta import ClassificationEpisodes, SinusoidTasks, adapt, few_
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.schedules import schedule_loader
-from mtl_tutorial.studies.runner import Study, StudyResults
+from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import accuracy, evaluate, majority_class_accuracy, train
 
 TASKS = ("sentiment", "condition", "supersense", "pos")
@@ -369,16 +369,7 @@ def run_few_shot(config: dict) -> tuple[dict, nn.Module]:
 RUNS = {"adversarial": run_adversarial, "sinusoid": run_sinusoid, "few-shot": run_few_shot}
 
 
-def run(config: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, nn.Module | None]:
-    """A study's run function: (metrics, the trained model when ``keep_model``). CPU, one torch thread
-    (the models are small; ``device`` is accepted for the runner's interface)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        metrics, model = RUNS[config["kind"]](config)
-    finally:
-        torch.set_num_threads(threads)
-    return metrics, model if keep_model else None
+run = one_thread_run(RUNS)
 
 
 def estimate_seconds(config: dict) -> float:

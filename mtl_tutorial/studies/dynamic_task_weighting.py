@@ -42,7 +42,7 @@ from mtl_tutorial.features import frozen_features
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.studies.adversarial_and_meta_learning import validation_split
-from mtl_tutorial.studies.runner import Study, StudyResults
+from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import evaluate, macro_f1, train
 from mtl_tutorial.weighting import DynamicWeightAverage, EqualWeighting, GradNorm, UncertaintyWeighting
 
@@ -206,16 +206,7 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == labels).sum().float()
 
 
-def run(config: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, nn.Module | None]:
-    """A study's run function: (metrics, the trained model when ``keep_model``). CPU, one torch thread
-    (the models are small; ``device`` is accepted for the runner's interface)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        metrics, model = run_once(config)
-    finally:
-        torch.set_num_threads(threads)
-    return metrics, model if keep_model else None
+run = one_thread_run(run_once)
 
 
 def estimate_seconds(config: dict) -> float:

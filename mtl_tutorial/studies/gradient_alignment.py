@@ -39,7 +39,7 @@ from mtl_tutorial.evidence import Comparison, seeds_for_power
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.studies.adversarial_and_meta_learning import TASKS, feature_data   # chapter 11's four tasks, cached features
-from mtl_tutorial.studies.runner import Study, StudyResults
+from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import evaluate, macro_f1, train
 
 PAIRS = tuple((a, b) for i, a in enumerate(TASKS) for b in TASKS[i + 1:])
@@ -228,11 +228,7 @@ def run_null(config: dict) -> tuple[dict, None]:
     return {"halves": null, "pairs": cross}, None
 
 
-def run(config: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, nn.Module | None]:
-    """One run of the grid on one CPU thread (tiny models; ``device`` is accepted and unused)."""
-    runner = {"aggregate": run_aggregate, "static": run_static, "heads": run_heads, "null": run_null}[config["kind"]]
-    metrics, model = runner(config)
-    return metrics, model if keep_model else None
+run = one_thread_run({"aggregate": run_aggregate, "static": run_static, "heads": run_heads, "null": run_null})
 
 
 def estimate_seconds(config: dict) -> float:

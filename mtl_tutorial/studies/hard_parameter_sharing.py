@@ -45,7 +45,7 @@ from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.schedules import schedule_loader
 from mtl_tutorial.studies.adversarial_and_meta_learning import feature_data
-from mtl_tutorial.studies.runner import Study, StudyResults
+from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import accuracy, evaluate, majority_class_accuracy, normalized_mean_squared_error, train
 
 PILOT_TEXT_SD, SMALLEST_TEXT_DIFFERENCE = 1.7, 2.0            # points of test accuracy
@@ -217,16 +217,7 @@ def run_transfer(config: dict) -> tuple[dict, nn.Module]:
 RUNS = {"synthetic": run_synthetic, "transfer": run_transfer}
 
 
-def run(config: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, nn.Module | None]:
-    """A study's run function: (metrics, the last trained model when ``keep_model``). CPU, one torch thread
-    (the models are small; ``device`` is accepted for the runner's interface)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        metrics, model = RUNS[config["kind"]](config)
-    finally:
-        torch.set_num_threads(threads)
-    return metrics, model if keep_model else None
+run = one_thread_run(RUNS)
 
 
 def estimate_seconds(config: dict) -> float:

@@ -96,6 +96,23 @@ class Study:
         return configs
 
 
+def one_thread_run(runs: Callable[[dict], tuple[dict, Any]] | Mapping[str, Callable[[dict], tuple[dict, Any]]]) -> Callable:
+    """A study's run function for small CPU models: ``runs(config)``, or ``runs[config["kind"]](config)`` for a
+    mapping of kinds, on one torch thread
+    (the thread count restored afterwards, also after an error); returns (metrics, the trained model when
+    ``keep_model``, else None). ``device`` is accepted for the runner's interface and not used."""
+    def run(config: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, Any]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            metrics, model = (runs[config["kind"]] if isinstance(runs, Mapping) else runs)(config)
+        finally:
+            torch.set_num_threads(threads)
+        return metrics, model if keep_model else None
+
+    return run
+
+
 def read_rows(path: Path) -> list[dict]:
     """The finished runs of a results file (none when it does not exist). A torn last line (a run
     killed while its line was written) is left out; anything else unreadable is an error."""

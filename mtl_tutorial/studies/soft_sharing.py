@@ -36,7 +36,6 @@ and the same for every model (no model gets a tuning budget another lacks).
 
 from __future__ import annotations
 
-import contextlib
 from types import SimpleNamespace
 from typing import Mapping, Sequence
 
@@ -54,7 +53,7 @@ from mtl_tutorial.sharing import (
     SoftSharingTowers, extraction_levels,
 )
 from mtl_tutorial.studies.adversarial_and_meta_learning import feature_data   # the four tasks' cached MiniLM features
-from mtl_tutorial.studies.runner import Study, StudyResults
+from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import History, accuracy, evaluate, macro_f1, majority_class_accuracy, normalized_mean_squared_error, train
 
 # ---------------------------------------------------------------- (a) the synthetic tasks and the models
@@ -251,22 +250,7 @@ def run_partners(config: dict) -> tuple[dict, nn.Module]:
 RUNS = {"synthetic": run_synthetic, "affinity": run_affinity, "partners": run_partners}
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def run(config: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, nn.Module | None]:
-    """A study's run function: (metrics, the trained model when ``keep_model``). CPU, one torch thread (the
-    models are small; ``device`` is accepted for the runner's interface)."""
-    with _torch_threads(1):
-        metrics, model = RUNS[config["kind"]](config)
-    return metrics, (model if keep_model else None)
+run = one_thread_run(RUNS)
 
 
 def estimate_seconds(config: dict) -> float:

@@ -43,7 +43,7 @@ from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.schedules import schedule_loader, train_sequential
 from mtl_tutorial.studies.adversarial_and_meta_learning import validation_split
-from mtl_tutorial.studies.runner import Study, StudyResults
+from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import accuracy, evaluate, majority_class_accuracy, normalized_mean_squared_error, train
 
 PILOT_DIFFERENCE_SD = 0.9   # points: τ = 2 − single-task on condition, assumed from the 5-seed pilot (module docstring)
@@ -303,16 +303,7 @@ def run_temperature(config: dict) -> tuple[dict, nn.Module]:
 RUNS = {"synthetic": run_synthetic, "schedules": run_schedules, "temperature": run_temperature}
 
 
-def run(config: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, nn.Module | None]:
-    """A study's run function: (metrics, the trained model when ``keep_model``). CPU, one torch thread
-    (the models are small; ``device`` is accepted for the runner's interface)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        metrics, model = RUNS[config["kind"]](config)
-    finally:
-        torch.set_num_threads(threads)
-    return metrics, model if keep_model else None
+run = one_thread_run(RUNS)
 
 
 def estimate_seconds(config: dict) -> float:
