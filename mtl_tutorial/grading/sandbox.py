@@ -91,7 +91,9 @@ def _readable_roots() -> list[Path]:
 
 def _bwrap_command(work: Path, out: Path, tmp_bytes: int) -> list[str]:
     command = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
-               "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
+               "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev",
+               # the private /tmp first: binds that follow (a venv or the package under /tmp) land on top of it
+               "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
     for link in ("bin", "lib", "lib64", "sbin"):
         if Path("/" + link).is_symlink():
             command += ["--symlink", os.readlink("/" + link), "/" + link]
@@ -100,8 +102,7 @@ def _bwrap_command(work: Path, out: Path, tmp_bytes: int) -> list[str]:
     for root in _readable_roots():
         if not str(root).startswith("/usr/"):
             command += ["--ro-bind", str(root), str(root)]
-    command += ["--size", str(tmp_bytes), "--tmpfs", "/tmp",
-                "--size", str(tmp_bytes), "--tmpfs", "/submission",
+    command += ["--size", str(tmp_bytes), "--tmpfs", "/submission",
                 "--ro-bind", str(work), "/submission/in",
                 "--bind", str(out), "/out", "--chdir", "/submission"]
     return command
