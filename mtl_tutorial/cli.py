@@ -284,7 +284,7 @@ def grade_command(args: argparse.Namespace) -> int:
             print(f"error: grading runs each submission in a sandbox, but {problem}. To grade without one (your own "
                   "test runs, or inside a container you throw away), add --unsafe-no-sandbox.", file=sys.stderr)
             return 3
-    limits = Limits(cell_timeout_s=args.timeout, wall_s=args.time_limit)
+    limits = Limits(cell_timeout_s=args.timeout, wall_s=args.time_limit, memory_bytes=args.memory_gib * 2**30)
     printed = []
 
     def show(report) -> None:
@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {DEFAULT_CELL_TIMEOUT_S})")
     p.add_argument("--time-limit", type=_seconds, default=600, metavar="SECONDS",
                    help="seconds a whole submission may run before it is stopped (default 600)")
+    p.add_argument("--memory-gib", type=_count, default=6, metavar="GiB",
+                   help="address space one submission may take (default 6; raise it where torch maps more, "
+                   "e.g. a CUDA build)")
     p.add_argument("--workers", type=_count, default=1, metavar="N",
                    help="submissions graded side by side, each in its own sandbox (default 1)")
     p.add_argument("--csv", metavar="FILE", help="also write the scores: one row per submission and part")

@@ -303,6 +303,18 @@ def test_grade_explains_files_it_cannot_grade(tmp_path, capsys):
     assert out.count("\ntotal  0 / ?") == 4, "a table for every file"
 
 
+def test_grade_passes_its_limits_and_refuses_bad_ones(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr("mtl_tutorial.grading.grade_batch", lambda paths, **kw: seen.update(kw) or [])
+    assert cli.main(["grade", "x.ipynb", "--unsafe-no-sandbox", "--timeout", "7", "--time-limit", "90",
+                     "--memory-gib", "12", "--workers", "3"]) == 0
+    limits = seen["limits"]
+    assert (limits.cell_timeout_s, limits.wall_s, limits.memory_bytes, seen["workers"]) == (7, 90, 12 * 2**30, 3)
+    with pytest.raises(SystemExit):
+        cli.main(["grade", "x.ipynb", "--memory-gib", "0"])
+    assert "--memory-gib" in capsys.readouterr().err
+
+
 def test_without_bubblewrap_grade_refuses_unless_told_it_is_unsafe(monkeypatch, capsys):
     monkeypatch.setattr("mtl_tutorial.grading.sandbox.shutil.which", lambda name: None)
     assert cli.main(["grade", str(SUBMISSIONS / "06_projected_twice.ipynb")]) == 3
