@@ -53,6 +53,7 @@ FROZEN = "frozen features"
 ARTICLE_ADAPTERS = "adapters after the encoder (article)"  # chapter 07's pitfall, not a contender
 METHODS = (FROZEN, "full fine-tuning", "Houlsby adapters", "Pfeiffer adapters", "LoRA r=4", "LoRA r=8",
            "LoRA r=16", "shared LoRA r=8", "prefix-tuning", "prompt tuning")
+PEFT_FROZEN_MODULES = "train"  # train()'s option for every run here: peft's recipe, dropout on in the frozen backbone
 HEAD_LR = 1e-2
 BODY_LR = {"full fine-tuning": 5e-5, "Houlsby adapters": 1e-3, "Pfeiffer adapters": 1e-3, "LoRA r=4": 1e-3,
            "LoRA r=8": 1e-3, "LoRA r=16": 1e-3, "shared LoRA r=8": 1e-3, "prefix-tuning": 1e-2, "prompt tuning": 1e-2,
@@ -280,7 +281,7 @@ def run_method(
     loader = multitask_loader(train_data, batch_size, mixed=True, seed=seed)
     first_batch = first_training_batch(train_data, batch_size, seed)
     first_batch = first_batch.to(next(model.parameters()).device)
-    memory = training_step_memory(model, first_batch, loss_fns)
+    memory = training_step_memory(model, first_batch, loss_fns, frozen_modules=PEFT_FROZEN_MODULES)
     body = [p for p in model.trunk.parameters() if p.requires_grad]
     body_lr = body_lr_of(method) if body_lr is None else body_lr
     optimizer = torch.optim.Adam([{"params": model.heads.parameters(), "lr": head_lr}]
@@ -288,7 +289,7 @@ def run_method(
     recorder = PrefixStepRecorder(model.trunk.prefix_encoder, optimizer) if isinstance(model, MultiTaskPrefixModel) else None
     with StepClock(optimizer) as clock, recorder or contextlib.nullcontext():
         history = train(model, loader, loss_fns, num_steps, optimizer=optimizer, progress=False, device=device,
-                        frozen_modules="train")
+                        frozen_modules=PEFT_FROZEN_MODULES)
     results = evaluate(model, test_data, {"accuracy": accuracy})
     return ShowdownRow(
         method=method,

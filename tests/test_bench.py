@@ -176,6 +176,32 @@ def test_training_step_memory_sees_gradients_adam_state_and_activations():
         training_step_memory(model, batch(8), loss_fns)
 
 
+def test_training_step_memory_steps_the_frozen_layers_as_the_run_it_measures():
+    """A run measured before it trains (showdown) must draw the random numbers its own steps draw:
+    dropout in a frozen block draws them only in "train" mode, and a measurement that skipped them
+    shifted every later dropout mask (chapter 07's study runs stopped reproducing)."""
+    import torch
+
+    from mtl_tutorial.bench import training_step_memory
+    from mtl_tutorial.data import MultiTaskBatch
+    from mtl_tutorial.models import HardSharingModel
+
+    torch.manual_seed(0)
+    frozen_block = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5)).requires_grad_(False)
+    model = HardSharingModel(frozen_block, {"a": torch.nn.Linear(8, 3)})
+    batch = MultiTaskBatch(("a",) * 4, torch.arange(4), torch.randn(4, 6), torch.zeros(4, dtype=torch.long))
+    loss_fns = {"a": torch.nn.functional.cross_entropy}
+    states = {}
+    for mode in ("train", "eval"):
+        torch.manual_seed(1)
+        training_step_memory(model, batch, loss_fns, frozen_modules=mode)
+        states[mode] = torch.rand(3)   # where the random stream stands after the measurement
+    torch.manual_seed(1)
+    torch.nn.Dropout(0.5).train()(torch.ones(4, 8))   # the draws of one step with the frozen dropout on
+    assert torch.equal(states["train"], torch.rand(3))
+    assert not torch.equal(states["train"], states["eval"])
+
+
 @pytest.fixture(scope="module")
 def serving_model():
     from mtl_tutorial.bench import serving_setup

@@ -332,10 +332,13 @@ def _no_native_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-def training_step_memory(model: nn.Module, batch: MultiTaskBatch, loss_fns: Mapping[str, LossFunction]) -> dict:
+def training_step_memory(model: nn.Module, batch: MultiTaskBatch, loss_fns: Mapping[str, LossFunction],
+                         frozen_modules: str = "eval") -> dict:
     """Peak memory of the first training step (forward, backward, Adam step) of a fresh copy of
     ``model`` on ``batch``: its weights (``state_bytes``) plus the peak of what the step allocates
-    on top (activations, gradients, Adam's two moments, temporaries).
+    on top (activations, gradients, Adam's two moments, temporaries). frozen_modules: as the run
+    it measures trains (``train``'s option: dropout in frozen layers allocates masks and draws
+    random numbers, so a PEFT run measured with "train" must be measured so).
 
     On CUDA the allocator's peak (``torch.cuda.max_memory_allocated``); on the CPU the torch
     profiler's allocation events (every tensor torch allocates and frees, summed in time order).
@@ -352,14 +355,14 @@ def training_step_memory(model: nn.Module, batch: MultiTaskBatch, loss_fns: Mapp
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        train(copy_, [batch], loss_fns, 1, optimizer=optimizer, progress=False)
+        train(copy_, [batch], loss_fns, 1, optimizer=optimizer, progress=False, frozen_modules=frozen_modules)
         torch.cuda.synchronize(device)
         return {"bytes": weights + torch.cuda.max_memory_allocated(device) - before,
                 "measure": "cuda max_memory_allocated"}
     from torch.profiler import ProfilerActivity, profile
 
     with _no_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        train(copy_, [batch], loss_fns, 1, optimizer=optimizer, progress=False)
+        train(copy_, [batch], loss_fns, 1, optimizer=optimizer, progress=False, frozen_modules=frozen_modules)
     events = sorted((e.start_ns(), e.nbytes()) for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
     for _, nbytes in events:
