@@ -90,10 +90,10 @@ def test_first_batch_tokens_counts_the_batch_whose_step_memory_the_run_measured(
     measured = []
     real = showdown.training_step_memory
 
-    def spy(model, batch, loss_fns):
+    def spy(model, batch, loss_fns, **options):
         measured.append(model.trunk.tokenizer(list(batch.inputs), padding=True, truncation=True,
                                               max_length=model.trunk.max_length, return_tensors="pt")["input_ids"].numel())
-        return real(model, batch, loss_fns)
+        return real(model, batch, loss_fns, **options)
 
     monkeypatch.setattr(showdown, "training_step_memory", spy)
     for seed in (0, 1):
