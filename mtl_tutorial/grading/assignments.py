@@ -146,7 +146,7 @@ def matching_source(notebook: Any, submission: Path, root: Path | None) -> Path:
     return best
 
 
-def restore_from_source(notebook: Any, source: Path) -> Any:
+def restore_from_source(notebook: Any, source: Path, released: Any = None) -> Any:
     """The submission with every locked cell (tests, hidden part included) taken from the source.
 
     Answer cells keep the learner's text and get the student version's metadata (its checksum
@@ -156,7 +156,8 @@ def restore_from_source(notebook: Any, source: Path) -> Any:
     from nbgrader.preprocessors import ClearOutput, DeduplicateIds
 
     instructor = {_nbgrader(c)["grade_id"]: c for c in _read(source).cells if _nbgrader(c).get("grade_id")}
-    released = {_nbgrader(c)["grade_id"]: c for c in student_version(source).cells if _nbgrader(c).get("grade_id")}
+    released = released if released is not None else student_version(source)  # the caller may have built it
+    released = {_nbgrader(c)["grade_id"]: c for c in released.cells if _nbgrader(c).get("grade_id")}
     notebook, _ = ClearOutput().preprocess(notebook, {})
     notebook, _ = DeduplicateIds().preprocess(notebook, {})
     for cell in notebook.cells:

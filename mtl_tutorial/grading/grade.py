@@ -197,13 +197,17 @@ def grade(
     instructor = _read(source)
     seed = secrets.randbelow(2**31) if seed is None else seed
     reference = references(source, seed, limits, unsafe) if reference is None else reference
-    restored = restore_from_source(notebook, source)
-    report = Report(submission, source.stem, flags=_flags(restored, instructor, student_version(source)))
+    released = student_version(source)
+    restored = restore_from_source(notebook, source, released)
+    report = Report(submission, source.stem, flags=_flags(restored, instructor, released))
+    import tempfile
+
     import nbformat
 
-    with _temporary_notebook(restored, nbformat) as path:
+    with tempfile.TemporaryDirectory(prefix="mtl-restored-") as folder:  # the restored notebook, private
+        nbformat.write(restored, Path(folder) / "submission.ipynb")
         autograded = [_nbgrader(c)["grade_id"] for c in graded_cells(instructor) if not _nbgrader(c).get("solution")]
-        run = run_sandboxed(path, autograded, seed, limits, unsafe)
+        run = run_sandboxed(Path(folder) / "submission.ipynb", autograded, seed, limits, unsafe)
     try:
         executed = _executed_cells(run.out, limits)
         mine = {g: read_result(run.out / result_file(g)) for g in autograded}
@@ -248,24 +252,6 @@ def _autograded(grade_id: str, points: float, reference: dict, mine: dict, execu
                                                     "so what it should define could not be tested")
         return CellScore(grade_id, 0.0, points, visible or verdict)
     return CellScore(grade_id, points, points, _stderr_note(cell) if cell else "")
-
-
-class _temporary_notebook:
-    """A context manager: the restored notebook written to a private temporary file (named like a submission)."""
-
-    def __init__(self, notebook: Any, nbformat: Any) -> None:
-        self.notebook, self.nbformat = notebook, nbformat
-
-    def __enter__(self) -> Path:
-        import tempfile
-
-        self.folder = Path(tempfile.mkdtemp(prefix="mtl-restored-"))
-        path = self.folder / "submission.ipynb"
-        self.nbformat.write(self.notebook, path)
-        return path
-
-    def __exit__(self, *exc: Any) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def grade_batch(
