@@ -18,6 +18,7 @@ import html
 import os
 import re
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ CHAPTER_FILE = re.compile(r"^(\d\d)_[a-z0-9_]+\.ipynb$")
 TABLE_ROW = re.compile(r"^\|\s*(\d\d)\s*\|(.*)\|\s*$")
 POLL_SLICE_S = 0.5  # longest wait on the kernel's shell socket before looking again
 IOPUB_TIMEOUT_S = 30  # how long a finished cell's outputs may trail its reply (4 s is tight under load)
+KERNEL_STDERR_LINES = 5  # a dead kernel's last lines on its own stderr that a failure message quotes
 _TIMED_OUT = "CellTimeout"  # ename of the error nbclient reports for a cell interrupted at its timeout
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"  # an output showing a widget
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"  # notebook metadata: every widget model's state
@@ -211,8 +213,9 @@ def default_cell_timeout() -> int:
     return by_mode(fast=600, full=1800)
 
 
-def _describe(err: Exception, timeout: int) -> str:
-    """What went wrong, in the words ``ChapterFailed`` prints after the cell's position."""
+def _describe(err: Exception, timeout: int, kernel_stderr: str = "") -> str:
+    """What went wrong, in the words ``ChapterFailed`` prints after the cell's position; a dead kernel's
+    last lines on its own stderr (``kernel_stderr``, the process's, not a cell's) are quoted."""
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     if getattr(err, "ename", None) == _TIMED_OUT:
@@ -221,8 +224,12 @@ def _describe(err: Exception, timeout: int) -> str:
     if isinstance(err, CellExecutionError):
         return f"{err.ename}: {err.evalue}"
     if isinstance(err, DeadKernelError):
+        last_words = [line for line in kernel_stderr.splitlines()   # less the kernel app's routine log
+                      if line.strip() and not re.match(r"\[IPKernelApp\] (INFO|WARNING) \|", line)]
+        last_words = last_words[-KERNEL_STDERR_LINES:]
+        said = "; its last words on stderr: " + " | ".join(last_words) if last_words else ""
         return ("the kernel died while running it (out of memory, or a crash in compiled code); "
-                "run the chapter in JupyterLab to see more")
+                f"run the chapter in JupyterLab to see more{said}")
     return f"the kernel stopped answering ({err})"
 
 
@@ -395,8 +402,11 @@ def run_notebook(path: Path, output: Path, timeout: int | None = None, progress:
 
         restore_sigint = signal.signal(signal.SIGINT, on_sigint)
     start = time.perf_counter()
+    # The kernel process's own stderr (its log, not a cell's output, which comes through the notebook) goes to
+    # a private file: a kernel shut down mid-reply by Ctrl-C logs a zmq traceback there, which is noise on ours.
+    kernel_log = tempfile.TemporaryFile(mode="w+b")
     try:
-        client.execute()
+        client.execute(stderr=kernel_log)
     except BaseException as err:  # a cell error, a dead or silent kernel (RuntimeError), or Ctrl-C
         # While the kernel runs, nbclient's own SIGINT/SIGTERM handler shuts the kernel down (so the run ends
         # in DeadKernelError or an AssertionError) and leaves this future behind: it, too, means interrupted.
@@ -410,8 +420,11 @@ def run_notebook(path: Path, output: Path, timeout: int | None = None, progress:
         number = None if index is None else code_cells.index(index) + 1
         if interrupted.is_set():
             raise ChapterInterrupted(path, number, partial) from None
-        raise ChapterFailed(path, index, number, _describe(err, timeout), partial) from None
+        kernel_log.seek(0)
+        kernel_stderr = kernel_log.read().decode(errors="replace")
+        raise ChapterFailed(path, index, number, _describe(err, timeout, kernel_stderr), partial) from None
     finally:
+        kernel_log.close()
         bar.close()
         if restore_sigint is not None:
             signal.signal(signal.SIGINT, restore_sigint)
