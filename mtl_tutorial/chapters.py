@@ -86,11 +86,15 @@ def read_chapter_table(readme: Path) -> list[Chapter]:
     return chapters
 
 
-def list_chapters(root: Path | None = None) -> list[Chapter]:
-    """Every chapter in README.md's table, with ``path`` set where the notebook exists."""
+def list_chapters(root: Path | None = None, language: str = "en") -> list[Chapter]:
+    """Every chapter in README.md's table, with ``path`` set where the notebook exists; ``language="zh"``:
+    README.zh-CN.md's table and the Chinese edition's notebooks (notebooks/zh/)."""
     root = root or project_root()
-    chapters = read_chapter_table(root / "README.md")
-    files = {p.name[:2]: p for p in sorted((root / "notebooks").glob("*.ipynb"))}
+    if language not in ("en", "zh"):
+        raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
+    readme, folder = ("README.md", root / "notebooks") if language == "en" else ("README.zh-CN.md", root / "notebooks" / "zh")
+    chapters = read_chapter_table(root / readme)
+    files = {p.name[:2]: p for p in sorted(folder.glob("*.ipynb")) if CHAPTER_FILE.match(p.name)}
     for chapter in chapters:
         chapter.path = files.get(chapter.number)
     return chapters

@@ -12,6 +12,7 @@
     mtl-tutorial assign                 build the assignments' student versions in build/assignments/
     mtl-tutorial grade alice/06_*.ipynb autograde submissions in a sandbox, print a score table per submission
     mtl-tutorial course init DIR        an nbgrader course folder for the assignments
+    mtl-tutorial translate              rebuild the Chinese edition (notebooks/zh/), list cells to translate
 """
 
 from __future__ import annotations
@@ -141,13 +142,14 @@ def doctor(args: argparse.Namespace) -> int:
 
 
 def list_command(args: argparse.Namespace) -> int:
-    """Print README.md's chapter table: number, title, runtimes, and whether the notebook exists."""
+    """Print README.md's chapter table (README.zh-CN.md's with --lang zh): number, title, runtimes, and
+    whether the notebook exists."""
     from mtl_tutorial.chapters import list_chapters
 
-    chapters = list_chapters()
+    chapters = list_chapters(language=args.lang)
     print(f"{'NN':<3} {'title':<40} {'fast CPU':>9} {'full CPU':>9} {'full GPU':>9}  notebook")
     for c in chapters:
-        where = c.path.name if c.path else "(not written yet)"
+        where = c.path.name if c.path else ("（尚未编写）" if args.lang == "zh" else "(not written yet)")
         times = " ".join(f"{c.runtimes[k]:>9}" for k in ("fast CPU", "full CPU", "full GPU"))
         print(f"{c.number:<3} {c.title:<40} {times}  {where}")
     return 0
@@ -259,7 +261,7 @@ def assign_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        written = build_student_versions(output, args.assignments)
+        written = build_student_versions(output, args.assignments, language=args.lang)
     except AssignmentError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -268,6 +270,55 @@ def assign_command(args: argparse.Namespace) -> int:
     print(f"{len(written)} assignment(s) in {output}: hand these out; grade the returned notebooks with "
           "mtl-tutorial grade SUBMISSION.ipynb")
     return 0
+
+
+def translate_command(args: argparse.Namespace) -> int:
+    """Rebuild the Chinese notebooks from the English ones and their translation files; list what to fix.
+    --check writes nothing and exits 1 if anything is listed (a stale, missing or off-glossary cell, or a
+    Chinese notebook that a rebuild would change)."""
+    import nbformat
+
+    from mtl_tutorial.chapters import project_root
+    from mtl_tutorial.translation import (
+        TranslationError, append_entries, build, chinese_path, describe, english_notebooks, translation_path,
+    )
+
+    root = project_root()
+    available = english_notebooks(root)
+    chosen = []
+    for name in args.notebooks:
+        matches = [p for p in available if p.name.startswith(f"{name.zfill(2)}_")] if name.isdigit() else \
+                  [p for p in available if p.resolve() == Path(name).resolve()]
+        if not matches:
+            print(f"error: {name!r} is neither a chapter number (07) nor one of the course's English notebooks "
+                  "(notebooks/, notebooks/solutions/, notebooks/assignments/)", file=sys.stderr)
+            return 2
+        chosen += matches
+    problems = 0
+    try:
+        for english in chosen or available:
+            if args.add_missing:
+                _, report = build(english, root)
+                cells = {cell.id: cell for cell in nbformat.read(english, as_version=4).cells}
+                if report.missing:
+                    append_entries(translation_path(english, root), [cells[i] for i in report.missing])
+            chinese, report = build(english, root)
+            lines = describe(report, root)
+            target, text = chinese_path(english, root), nbformat.writes(chinese).rstrip("\n") + "\n"
+            if args.check:
+                if not target.is_file() or target.read_text(encoding="utf-8") != text:
+                    lines.append(f"  out of date   {target.relative_to(root)}: rebuild it with mtl-tutorial translate")
+                    problems += 1
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text, encoding="utf-8")
+            problems += report.problems
+            print("\n".join(lines))
+    except TranslationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{problems} cell(s) to fix" if problems else "the Chinese edition is complete and up to date")
+    return 1 if args.check and problems else 0
 
 
 def grade_command(args: argparse.Namespace) -> int:
@@ -325,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtl-tutorial", description="Multi-task learning for large models: the course's command."
     )
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run,study,bench,assign,grade,course}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{doctor,list,run,study,bench,assign,grade,course,translate}")
 
     p = verbs.add_parser("doctor", help="check this machine is ready for the course",
                          description="Check versions, device, backbone, data and mode.")
@@ -334,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("list", help="list the chapters and their measured runtimes",
                          description="List the chapters with titles and measured runtimes (README.md).")
+    p.add_argument("--lang", choices=("en", "zh"), default="en",
+                   help="zh: the Chinese titles (README.zh-CN.md) and notebooks/zh/")
     p.set_defaults(func=list_command)
 
     p = verbs.add_parser(
@@ -382,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("assignments", nargs="*", metavar="ASSIGNMENT",
                    help="assignment numbers (06) or names (06_gradient_alignment); none means all")
     p.add_argument("--output", metavar="DIR", help="where the student versions go (default build/assignments/)")
+    p.add_argument("--lang", choices=("en", "zh"), default="en",
+                   help="zh: the Chinese edition (notebooks/zh/assignments/); grading takes either language")
     p.set_defaults(func=assign_command)
 
     p = verbs.add_parser(
@@ -423,6 +478,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--exchange", metavar="DIR",
                    help="the exchange every student can write to (default DIR/exchange, for one machine)")
     q.set_defaults(func=course_command)
+
+    p = verbs.add_parser(
+        "translate", help="rebuild the Chinese edition (notebooks/zh/) and list the cells to translate",
+        description="Rebuild notebooks/zh/ from the English notebooks and their translation files "
+        "(notebooks/zh/translations/): markdown from the translation, code and outputs from the English. "
+        "Lists every markdown cell that is missing, stale (its English changed since), still English, or "
+        "off README.md's glossary.",
+    )
+    p.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                   help="chapter numbers (07: the chapter, its solutions and assignment) or English .ipynb paths; "
+                   "none means all")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if anything is listed")
+    p.add_argument("--add-missing", action="store_true",
+                   help="append an entry holding the English text for each missing cell, to be translated in place")
+    p.set_defaults(func=translate_command)
     return parser
 
 

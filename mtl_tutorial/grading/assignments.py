@@ -28,24 +28,28 @@ class AssignmentError(ValueError):
 # -- finding assignments ---------------------------------------------------------------------------
 
 
-def assignments_folder(root: Path | None = None) -> Path:
-    """``notebooks/assignments/`` of the course folder (``chapters.project_root()`` by default)."""
+def assignments_folder(root: Path | None = None, language: str = "en") -> Path:
+    """``notebooks/assignments/`` of the course folder (``chapters.project_root()`` by default);
+    ``language="zh"``: the Chinese edition's, ``notebooks/zh/assignments/`` (same cell ids)."""
     from mtl_tutorial.chapters import project_root
 
-    return (root or project_root()) / "notebooks" / "assignments"
+    if language not in ("en", "zh"):
+        raise AssignmentError(f"language must be 'en' or 'zh', got {language!r}")
+    notebooks = (root or project_root()) / "notebooks"
+    return notebooks / "assignments" if language == "en" else notebooks / "zh" / "assignments"
 
 
-def list_assignments(root: Path | None = None) -> list[Path]:
+def list_assignments(root: Path | None = None, language: str = "en") -> list[Path]:
     """The instructor sources ``NN_slug.ipynb``, in chapter order."""
     from mtl_tutorial.chapters import CHAPTER_FILE
 
-    folder = assignments_folder(root)
+    folder = assignments_folder(root, language)
     return sorted(p for p in folder.glob("*.ipynb") if CHAPTER_FILE.match(p.name))
 
 
-def resolve_assignments(names: Sequence[str], root: Path | None = None) -> list[Path]:
+def resolve_assignments(names: Sequence[str], root: Path | None = None, language: str = "en") -> list[Path]:
     """``["06", "08_lora"]`` -> instructor sources; no names means every assignment."""
-    available = {p.name[:2]: p for p in list_assignments(root)}
+    available = {p.name[:2]: p for p in list_assignments(root, language)}
     if not names:
         return [available[k] for k in sorted(available)]
     paths = []
@@ -111,11 +115,13 @@ def student_version(source: Path) -> Any:
     return notebook
 
 
-def build_student_versions(output: Path, names: Sequence[str] = (), root: Path | None = None) -> list[Path]:
-    """Write the student version of each assignment (all by default) into ``output``; return the paths."""
+def build_student_versions(output: Path, names: Sequence[str] = (), root: Path | None = None,
+                           language: str = "en") -> list[Path]:
+    """Write the student version of each assignment (all by default, in ``language``) into ``output``;
+    return the paths."""
     import nbformat
 
-    sources = resolve_assignments(names, root)
+    sources = resolve_assignments(names, root, language)
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for source in sources:
