@@ -7,6 +7,7 @@ import torch
 
 from mtl_tutorial.studies import get_study
 from mtl_tutorial.studies import adversarial_and_meta_learning as study11
+from mtl_tutorial.studies.feature_tasks import validation_split
 from mtl_tutorial.studies.runner import StudyResults
 
 
@@ -34,15 +35,15 @@ def test_the_primary_comparisons_name_runs_and_scores_of_the_study():
 
 def test_the_validation_split_takes_a_share_of_every_class_and_leaves_the_rest_for_supports():
     labels = torch.tensor([0] * 20 + [1] * 8 + [2] * 2)
-    pool, validation = study11.validation_split(labels, 0.25)
+    pool, validation = validation_split(labels, 0.25)
     assert sorted(torch.cat([pool, validation]).tolist()) == list(range(30))   # disjoint, and together all of them
     assert [int((labels[validation] == c).sum()) for c in range(3)] == [5, 2, 1]
     assert [int((labels[pool] == c).sum()) for c in range(3)] == [15, 6, 1]
-    assert torch.equal(study11.validation_split(labels, 0.25)[1], validation)   # the same split every time
+    assert torch.equal(validation_split(labels, 0.25)[1], validation)   # the same split every time
     with pytest.raises(ValueError, match="class 3 has 1 example"):
-        study11.validation_split(torch.tensor([0, 0, 3]), 0.5)
+        validation_split(torch.tensor([0, 0, 3]), 0.5)
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
-        study11.validation_split(labels, 1.0)
+        validation_split(labels, 1.0)
 
 
 def test_sub_tasks_keep_their_classes_relabelled_from_zero():

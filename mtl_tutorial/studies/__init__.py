@@ -5,7 +5,7 @@
     runs = get_study("07", exercises=True)  # the runs its worked solutions need
     results = load_study(study)         # notebooks/results/07_adapter_tuning.jsonl, read back
 
-One module per chapter: ``hard_parameter_sharing`` (02), ``soft_sharing`` (03), ``training_schedules`` (04),
+One module per chapter (``feature_tasks`` holds the four shipped tasks on frozen features that several share): ``hard_parameter_sharing`` (02), ``soft_sharing`` (03), ``training_schedules`` (04),
 ``dynamic_task_weighting`` (05), ``gradient_alignment`` (06), ``adapter_tuning`` (07), ``lora`` (08), ``prefix_tuning`` (09),
 ``peft_showdown`` (10),
 ``adversarial_and_meta_learning`` (11); ``text_runs`` is

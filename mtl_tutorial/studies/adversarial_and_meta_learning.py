@@ -30,7 +30,6 @@ between the adversarial shared-private model and the same model without the figh
 
 from __future__ import annotations
 
-import functools
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -40,17 +39,16 @@ from torch import nn
 from mtl_tutorial.adversarial import (
     AdversarialObjective, ConfusionObjective, SharedPrivateModel, discriminator_accuracy, post_hoc_probe,
 )
-from mtl_tutorial.data import MultiTaskDataset, load_text_tasks
+from mtl_tutorial.data import MultiTaskDataset
 from mtl_tutorial.evidence import Comparison, seeds_for_power
-from mtl_tutorial.features import frozen_features
 from mtl_tutorial.meta import ClassificationEpisodes, SinusoidTasks, adapt, few_shot_accuracy, meta_train
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.schedules import schedule_loader
+from mtl_tutorial.studies.feature_tasks import TASKS, feature_data, validation_split
 from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import accuracy, evaluate, majority_class_accuracy, train
 
-TASKS = ("sentiment", "condition", "supersense", "pos")
 PILOT_DIFFERENCE_SD = 0.39   # points: adversarial − no adversary, mean accuracy, the chapter's 5-seed pilot
 SMALLEST_DIFFERENCE = 0.4    # points of mean accuracy the adversarial primary comparison must resolve
 DEFAULT_SEEDS = tuple(range(seeds_for_power(PILOT_DIFFERENCE_SD, SMALLEST_DIFFERENCE, minimum=5)))
@@ -157,34 +155,6 @@ def grid(seeds, fast: bool = False) -> list[dict]:
 
 
 # ---------------------------------------------------------------- data (loaded once per process)
-
-@functools.lru_cache(maxsize=2)
-def feature_data(max_per_task: int | None) -> tuple[dict, dict, dict]:
-    """(train, test, num_classes) of the four shipped tasks: task -> (frozen MiniLM features (N, 384), labels (N,))."""
-    splits = [load_text_tasks(list(TASKS), split=split, max_per_task=max_per_task, seed=0) for split in ("train", "test")]
-    train_data, test_data = ({name: (frozen_features(task.texts, progress=False), task.labels) for name, task in s.items()}
-                             for s in splits)
-    return train_data, test_data, {name: task.num_classes for name, task in splits[0].items()}
-
-
-def validation_split(labels: torch.Tensor, share: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pool, validation) indices of ``labels`` (N,): ``share`` of every class (at least one example,
-    and at least one left in the pool) goes to validation, drawn with ``seed``; the rest is the pool
-    that support sets are drawn from."""
-    if not 0 < share < 1:
-        raise ValueError(f"share must be strictly between 0 and 1 (the fraction held out for validation), got {share!r}")
-    labels = torch.as_tensor(labels)
-    rng = np.random.default_rng(seed)
-    pool, validation = [], []
-    for c in torch.unique(labels).tolist():
-        members = rng.permutation(torch.nonzero(labels == c).flatten().numpy())
-        if len(members) < 2:
-            raise ValueError(f"class {c} has {len(members)} example(s); a validation split needs at least 2 per class")
-        cut = min(len(members) - 1, max(1, round(share * len(members))))
-        validation.append(members[:cut])
-        pool.append(members[cut:])
-    return torch.from_numpy(np.sort(np.concatenate(pool))), torch.from_numpy(np.sort(np.concatenate(validation)))
-
 
 def subtasks_of(x: torch.Tensor, y: torch.Tensor, num_subtasks: int, classes: int, seed: int = 0) -> dict:
     """``num_subtasks`` random ``classes``-way sub-tasks of one task: name -> (x, y relabelled 0..classes−1)."""

@@ -38,7 +38,7 @@ from mtl_tutorial.data import MultiTaskDataset, multitask_loader
 from mtl_tutorial.evidence import Comparison, seeds_for_power
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.runtime import seed_everything
-from mtl_tutorial.studies.adversarial_and_meta_learning import TASKS, feature_data   # chapter 11's four tasks, cached features
+from mtl_tutorial.studies.feature_tasks import TASKS, feature_data   # the four tasks, cached features
 from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import evaluate, macro_f1, train
 

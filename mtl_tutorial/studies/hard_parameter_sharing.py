@@ -44,7 +44,7 @@ from mtl_tutorial.evidence import Comparison, seeds_for_power
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.schedules import schedule_loader
-from mtl_tutorial.studies.adversarial_and_meta_learning import feature_data
+from mtl_tutorial.studies.feature_tasks import feature_data
 from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import accuracy, evaluate, majority_class_accuracy, normalized_mean_squared_error, train
 
