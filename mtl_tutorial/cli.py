@@ -151,8 +151,16 @@ def list_command(args: argparse.Namespace) -> int:
     for c in chapters:
         where = c.path.name if c.path else ("（尚未编写）" if args.lang == "zh" else "(not written yet)")
         times = " ".join(f"{c.runtimes[k]:>9}" for k in ("fast CPU", "full CPU", "full GPU"))
-        print(f"{c.number:<3} {c.title:<40} {times}  {where}")
+        print(f"{c.number:<3} {_padded(c.title, 40)} {times}  {where}")
     return 0
+
+
+def _padded(text: str, columns: int) -> str:
+    """``text`` padded with spaces to ``columns`` terminal columns (a Chinese character takes two)."""
+    import unicodedata
+
+    width = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    return text + " " * max(0, columns - width)
 
 
 def run_command(args: argparse.Namespace) -> int:

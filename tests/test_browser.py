@@ -41,6 +41,7 @@ KNOB = re.compile(r"\b\w*(Slider|Dropdown)\(")
 # prefix run (parameterisation and step size) whose per-seed losses are shown.
 KNOB_CHAPTERS = {"01", "02", "03", "04", "05", "06", "07", "08", "09", "11"}
 
+ZH_CHAPTER = "07_adapter_tuning"  # the chapter of the Chinese edition opened in JupyterLab's Chinese interface
 SERVER_START_S = 90  # JupyterLab writes its runtime file
 KERNEL_READY_S = 120  # notebook open, kernel started and idle
 RUN_ALL_S = 360  # a chapter in fast mode: ~35 s on a quiet 2-core CPU, several times that under load
@@ -95,8 +96,8 @@ def _clean_copy(course: Path) -> None:
     so every output and widget the browser shows comes from this run."""
     shutil.copytree(ROOT / "notebooks", course / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     shutil.copytree(ROOT / "data", course / "data")
-    for chapter in widget_chapters():
-        path = course / "notebooks" / chapter.name
+    for path in [course / "notebooks" / chapter.name for chapter in widget_chapters()] + \
+            [course / "notebooks" / "zh" / f"{ZH_CHAPTER}.ipynb"]:
         notebook = nbformat.read(path, as_version=4)
         for cell in notebook.cells:
             if cell.cell_type == "code":
@@ -108,12 +109,14 @@ def _clean_copy(course: Path) -> None:
 class Lab:
     """A JupyterLab server on a free localhost port, serving ``course``, stopped with its kernels."""
 
-    def __init__(self, course: Path, home: Path):
+    def __init__(self, course: Path, home: Path, locale: str = "en"):
         settings = home / "settings"
         for plugin, values in {
             # every cell in the DOM, in order, so the test can index cells as the notebook does
             "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
             "@jupyterlab/apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+            # the interface language (Settings > Language): "zh_CN" needs the zh-CN language pack
+            "@jupyterlab/translation-extension/plugin": {"locale": locale},
         }.items():
             (settings / plugin).parent.mkdir(parents=True, exist_ok=True)
             (settings / f"{plugin}.jupyterlab-settings").write_text(json.dumps(values))
@@ -204,15 +207,17 @@ DRAWN_JS = """cell => [...cell.querySelectorAll('.widget-output')].map(out => ({
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _kernel_status(page) -> str:
-    """The status bar's kernel item, e.g. 'Python 3 (ipykernel) | Idle' -> 'Idle'."""
-    text = page.locator(".jp-StatusBar-TextItem[title^='Change kernel']").text_content() or ""
-    return text.rpartition("|")[2].strip()
+def _kernel_status(page, path: str) -> str:
+    """The open notebook's kernel as its session reports it, in any interface language: 'Idle', 'Busy',
+    'Dead', 'Unknown', ... ('' while the notebook has no session yet)."""
+    status = page.evaluate(f"path => {{ const panel = {PANEL_JS}; "
+                           "return panel ? panel.sessionContext.kernelDisplayStatus : ''; }", path)
+    return (status or "").capitalize()
 
 
 def _wait_for_kernel(page, path: str) -> None:
     deadline = time.monotonic() + KERNEL_READY_S
-    while (status := _kernel_status(page)) != "Idle":
+    while (status := _kernel_status(page, path)) != "Idle":
         if time.monotonic() > deadline:
             pytest.fail(f"{path}: the kernel was not ready after {KERNEL_READY_S} s (status bar: {status!r})")
         time.sleep(0.5)
@@ -231,7 +236,7 @@ def _run_all(page, path: str) -> list[dict]:
                     pytest.fail(f"{path}, cell {cell['index']} raised {output['ename']}: {output['evalue']}\n"
                                 f"{traceback}")
         waiting = [cell["index"] for cell in cells if cell["count"] is None and cell["source"].strip()]
-        status = _kernel_status(page)
+        status = _kernel_status(page, path)
         if status in ("Dead", "Unknown"):
             pytest.fail(f"{path}: the kernel died (status bar: {status!r}); cells not run: {waiting}")
         if status == "Idle" and not waiting:
@@ -342,3 +347,49 @@ def test_chapter_runs_in_jupyterlab_and_its_widgets_drive_their_output(chapter, 
         finally:
             context.close()
             lab.shut_down_kernels()
+
+
+# Two characters drawn on a canvas in the font the rendered markdown uses: without a CJK font both come out as
+# the same "tofu" box (or nothing), with one they differ.
+GLYPHS_JS = """node => {
+  const font = getComputedStyle(node).fontFamily, draw = text => {
+    const canvas = document.createElement('canvas'); canvas.width = 64; canvas.height = 64;
+    const context = canvas.getContext('2d'); context.font = `48px ${font}`; context.fillText(text, 4, 52);
+    return Array.from(context.getImageData(0, 0, 64, 64).data);
+  };
+  const a = draw('学'), b = draw('习');
+  return {font, inked: a.some(v => v > 0) && b.some(v => v > 0), differ: a.some((v, i) => v !== b[i])};
+}"""
+
+
+def test_a_chinese_chapter_renders_in_the_chinese_interface_and_its_widget_redraws(browser, tmp_path_factory):
+    """The Chinese edition in JupyterLab switched to 中文 (zh-CN language pack): the menus are Chinese, the
+    markdown renders real CJK glyphs (no tofu: needs a CJK font, Debian's fonts-noto-cjk), the chapter runs
+    and its widget redraws. The screenshot stays in build/browser/."""
+    course = tmp_path_factory.mktemp("course_zh")
+    _clean_copy(course)
+    lab = Lab(course, tmp_path_factory.mktemp("jupyter_zh"), locale="zh_CN")
+    path = f"notebooks/zh/{ZH_CHAPTER}.ipynb"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    try:
+        page.goto(f"{lab.url}/lab/workspaces/zh/tree/{path}", timeout=KERNEL_READY_S * 1000)
+        page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=KERNEL_READY_S * 1000)
+        menus = page.locator(".lm-MenuBar-itemLabel").all_text_contents()
+        assert "文件" in menus, f"the interface is not in Chinese (menus: {menus}); is jupyterlab-language-pack-zh-CN installed?"
+        heading = page.locator(".jp-MarkdownOutput h1").first
+        heading.wait_for(timeout=WIDGET_S * 1000)
+        assert heading.text_content().startswith(f"第 {ZH_CHAPTER[:2]} 章"), heading.text_content()
+        glyphs = heading.evaluate(GLYPHS_JS)
+        assert glyphs["inked"] and glyphs["differ"], \
+            f"Chinese renders as tofu in {glyphs['font']!r}: install a CJK font (apt-get install fonts-noto-cjk)"
+        page.screenshot(path=SCREENSHOTS / f"zh_{ZH_CHAPTER}_top.png")
+        _wait_for_kernel(page, path)
+        cells = _run_all(page, path)
+        shown = _check_widgets(page, path, cells)
+        shown.scroll_into_view_if_needed()
+        page.screenshot(path=SCREENSHOTS / f"zh_{ZH_CHAPTER}.png")
+    finally:
+        context.close()
+        lab.stop()

@@ -95,6 +95,18 @@ def cheat_dir(tmp_path_factory, student_dir):
     return folder
 
 
+def _in_chinese(submission: Path, target: Path) -> None:
+    """The submission as a learner of the Chinese edition hands it in: the same answers, every markdown
+    cell but the written answers in the Chinese student version's words (``assign --lang zh``)."""
+    notebook = nbformat.read(submission, as_version=4)
+    edition = next((ROOT / "notebooks" / "zh" / "assignments").glob(f"{submission.name[:2]}_*.ipynb"))
+    chinese = {c.id: c.source for c in nbformat.read(edition, as_version=4).cells if c.cell_type == "markdown"}
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown" and not _nbgrader(cell).get("solution") and cell.id in chinese:
+            cell.source = chinese[cell.id]
+    nbformat.write(notebook, target)
+
+
 @pytest.fixture(scope="session")
 def commands(tmp_path_factory, cheat_dir):
     """Background processes: ``mtl-tutorial grade`` on one batch (the mistake fixtures, a submission whose
@@ -109,8 +121,10 @@ def commands(tmp_path_factory, cheat_dir):
         if _nbgrader(cell).get("grade_id") == "a06_mgda_code":
             cell.source = "import os\nos._exit(1)  # the kernel dies here"
     nbformat.write(notebook, folder / "06_crash.ipynb")
+    _in_chinese(SUBMISSIONS / "06_projected_twice.ipynb", folder / "06_projected_twice_zh.ipynb")
     cheats = sorted(str(p) for p in cheat_dir.glob("*.ipynb"))
-    paths = [str(SUBMISSIONS / name) for name in MISTAKES] + [str(folder / "06_crash.ipynb")] + cheats
+    paths = [str(SUBMISSIONS / name) for name in MISTAKES] + [str(folder / "06_crash.ipynb"),
+                                                              str(folder / "06_projected_twice_zh.ipynb")] + cheats
     report = folder / "report"
     measure = ("import resource, sys; from pathlib import Path; from mtl_tutorial.grading import Limits, grade_batch; "
                "r = grade_batch([Path(sys.argv[1])], limits=Limits(cell_timeout_s=30), unsafe=sys.argv[2] == '1'); "
@@ -349,6 +363,12 @@ def test_grade_cli_prints_per_cell_points_and_the_total_line(cli_run):
     table = tables["06_projected_twice.ipynb"]
     assert table.splitlines()[0] == f"{SUBMISSIONS / '06_projected_twice.ipynb'}  (assignment 06_gradient_alignment)"
     assert "a06_experiment    ? / 2    written answer: graded by hand" in table
+
+
+def test_a_submission_of_the_chinese_edition_is_graded_as_the_english_one(cli_run):
+    _, tables = cli_run
+    english, chinese = tables["06_projected_twice.ipynb"], tables["06_projected_twice_zh.ipynb"]
+    assert chinese.splitlines()[1:] == english.splitlines()[1:]
 
 
 # -- cheats: none may score more than a blank submission ---------------------------------------------
