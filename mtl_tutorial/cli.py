@@ -196,6 +196,8 @@ def run_command(args: argparse.Namespace) -> int:
         target = path if args.inplace else output_dir / path.name
         try:
             timings.append((path.stem, run_notebook(path, target, timeout=args.timeout, partial=output_dir / path.name)))
+            if args.inplace:
+                _rebuild_chinese(path)
         except ChapterFailed as err:
             print(f"FAILED: {err}" + (f"\n{path.name} in place is unchanged" if args.inplace else ""), file=sys.stderr)
             return 1
@@ -210,6 +212,23 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"{'total':<40} {'':<5} {sum(s for _, s in timings):>8.1f} s")
     print(f"executed notebooks: {'written in place' if args.inplace else output_dir}")
     return 0
+
+
+def _rebuild_chinese(english: Path) -> None:
+    """After an in-place run of a course notebook: its Chinese edition rebuilt with the new outputs, and a
+    line saying so (with the count of its cells to translate, if any)."""
+    from mtl_tutorial.chapters import project_root
+    from mtl_tutorial.translation import build, chinese_path, english_notebooks, notebook_text
+
+    root = project_root()
+    if english.resolve() not in {p.resolve() for p in english_notebooks(root)}:
+        return
+    chinese, report = build(english, root)
+    target = chinese_path(english, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(notebook_text(chinese), encoding="utf-8")
+    todo = f"; {report.problems} cell(s) to translate (mtl-tutorial translate lists them)" if report.problems else ""
+    print(f"{target.relative_to(root)}: the Chinese edition, rebuilt with these outputs{todo}")
 
 
 def study_command(args: argparse.Namespace) -> int:
@@ -288,7 +307,8 @@ def translate_command(args: argparse.Namespace) -> int:
 
     from mtl_tutorial.chapters import project_root
     from mtl_tutorial.translation import (
-        TranslationError, append_entries, build, chinese_path, describe, english_notebooks, translation_path,
+        TranslationError, append_entries, build, chinese_path, describe, english_notebooks, notebook_text,
+        translation_path,
     )
 
     root = project_root()
@@ -312,7 +332,7 @@ def translate_command(args: argparse.Namespace) -> int:
                     append_entries(translation_path(english, root), [cells[i] for i in report.missing])
             chinese, report = build(english, root)
             lines = describe(report, root)
-            target, text = chinese_path(english, root), nbformat.writes(chinese).rstrip("\n") + "\n"
+            target, text = chinese_path(english, root), notebook_text(chinese)
             if args.check:
                 if not target.is_file() or target.read_text(encoding="utf-8") != text:
                     lines.append(f"  out of date   {target.relative_to(root)}: rebuild it with mtl-tutorial translate")

@@ -216,6 +216,14 @@ def build(english: Path, root: Path | None = None) -> tuple[Any, Report]:
     return chinese, report
 
 
+def notebook_text(notebook: Any) -> str:
+    """A built Chinese notebook as it is written to disk (nbformat's JSON, one final newline): the text that
+    ``translate --check`` and the tests compare with the committed file."""
+    import nbformat
+
+    return nbformat.writes(notebook).rstrip("\n") + "\n"
+
+
 def describe(report: Report, root: Path | None = None) -> list[str]:
     """A report as lines for the command: a summary line, then one line per problem with what to do."""
     import nbformat

@@ -23,6 +23,7 @@ from mtl_tutorial.translation import (
     chinese_path,
     english_notebooks,
     glossary_misses,
+    notebook_text,
     read_glossary,
     read_translation,
     source_hash,
@@ -155,7 +156,7 @@ def test_the_chinese_edition_is_complete_current_and_rebuilt(english):
     assert report.problems == 0, "\n".join(describe(report, ROOT)) + "\n(fix them, then run mtl-tutorial translate)"
     committed = chinese_path(english, ROOT)
     assert committed.is_file(), f"{committed} is missing: run mtl-tutorial translate"
-    assert committed.read_text(encoding="utf-8") == nbformat.writes(chinese).rstrip("\n") + "\n", \
+    assert committed.read_text(encoding="utf-8") == notebook_text(chinese), \
         f"{committed} is not the build of its translation: run mtl-tutorial translate"
 
 
@@ -237,3 +238,16 @@ def test_assign_lang_zh_builds_chinese_student_versions_with_the_english_cell_id
     assert [grading(c) for c in ours.cells] == [grading(c) for c in theirs.cells]
     assert re.search(r"[\u4e00-\u9fff]", ours.cells[0].source)
     assert "### BEGIN SOLUTION" not in json.dumps(ours)
+
+
+def test_an_inplace_run_rebuilds_the_chinese_edition_of_a_course_notebook(tmp_path, capsys):
+    english = ROOT / "notebooks" / "01_multitask_objective.ipynb"
+    before = chinese_path(english, ROOT).read_text(encoding="utf-8")
+    cli._rebuild_chinese(english)   # what `mtl-tutorial run --inplace` calls after each notebook
+    assert capsys.readouterr().out == ("notebooks/zh/01_multitask_objective.ipynb: the Chinese edition, rebuilt with "
+                                       "these outputs\n")
+    assert chinese_path(english, ROOT).read_text(encoding="utf-8") == before   # up to date: the same file
+    outside = tmp_path / "01_x.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), outside)
+    cli._rebuild_chinese(outside)   # not one of the course's notebooks: nothing to rebuild
+    assert capsys.readouterr().out == ""
