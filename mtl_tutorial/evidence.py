@@ -371,6 +371,7 @@ def family_intervals(
     tasks: Sequence[str] | None = None,
     alpha: float = 0.05,
     scale: float = 100.0,
+    higher_is_better: bool | None = True,
 ) -> list[FamilyResult]:
     """The results of a study's comparisons: the ``primary`` ones (declared before the study ran) first, each
     at confidence 1 − alpha (95 %), then the exploratory ``comparisons`` with Holm-adjusted p-values and intervals
@@ -378,6 +379,7 @@ def family_intervals(
 
     ``scores`` maps method → task → values ordered by seed; a comparison with task None uses the per-seed
     mean over ``tasks`` (default: the tasks of the first method, in order). Intervals are multiplied by ``scale``.
+    higher_is_better: as in ``verdict`` (None for quantities with no "better", such as task weights).
     """
     _check_level(alpha, "alpha", "e.g. 0.05")
     primary, exploratory = [Comparison(*c) for c in primary], [Comparison(*c) for c in comparisons]
@@ -410,7 +412,7 @@ def family_intervals(
         shown = _scaled(_interval(d, _t_exact(len(d) - 1, confidence[i])), scale)
         results.append(FamilyResult(
             comparison, shown, float(p[i]), float(adjusted[i]), float(confidence[i]),
-            "primary" if i < k else "exploratory", verdict(shown, (comparison.a, comparison.b)),
+            "primary" if i < k else "exploratory", verdict(shown, (comparison.a, comparison.b), higher_is_better),
         ))
     return results
 
@@ -424,6 +426,7 @@ def compare_family(
     scale: float = 100.0,
     unit: str = " pts",
     repeats: str = "seeds",
+    higher_is_better: bool | None = True,
 ) -> list[str]:
     """``family_intervals`` as one line per comparison, e.g.
 
@@ -431,7 +434,7 @@ def compare_family(
     ``exploratory  Houlsby − Pfeiffer (pos) = +0.40 [-0.90, +1.70] pts (99.2 % Holm-adjusted interval, p_Holm = 0.61, n = 5 seeds): no measurable difference``
     """
     lines = []
-    for result in family_intervals(scores, comparisons, primary, tasks, alpha, scale):
+    for result in family_intervals(scores, comparisons, primary, tasks, alpha, scale, higher_is_better):
         level = f"{100 * result.confidence:.1f}".removesuffix(".0") + " %"
         if result.role == "primary":
             level += " interval"

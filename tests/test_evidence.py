@@ -198,6 +198,13 @@ def test_compare_family_by_hand():
     ]
 
 
+def test_compare_family_without_a_better_says_higher():
+    lines = compare_family(SCORES, [Comparison("A", "C", "pos"), Comparison("C", "A", "pos")], scale=1.0, unit="",
+                           higher_is_better=None)
+    assert lines[0].endswith("n = 3 seeds): A higher") and lines[1].endswith("n = 3 seeds): A higher")
+    assert "(pos) = +0.11 [" in lines[0] and "(pos) = -0.11 [" in lines[1]   # scale 1: the values' own units
+
+
 def test_family_intervals_primary_comparisons_keep_their_95_percent_interval():
     primary = [Comparison("A", "B", "pos"), Comparison("A", "C")]
     results = family_intervals(SCORES, [Comparison("B", "C", "sup")], primary=primary)

@@ -1,13 +1,16 @@
 """Chapter 05's study: the grid gives every arm the same tuning budget, tuning reads validation only,
-early stopping picks the best validation epoch, and the SGD control steps the model by plain SGD."""
+early stopping picks the best validation epoch, and the SGD control steps the model by plain SGD; the worked
+solutions' runs change a chapter arm in the settings they name and pair with its seeds."""
+
+import math
 
 import pytest
 import torch
 from torch import nn
 
-from mtl_tutorial.studies import STUDY_MODULES, get_study
+from mtl_tutorial.studies import STUDY_MODULES, get_study, load_study
 from mtl_tutorial.studies import dynamic_task_weighting as study05
-from mtl_tutorial.studies.runner import StudyResults
+from mtl_tutorial.studies.runner import StudyResults, config_hash
 
 
 def test_registered_with_primary_comparisons_and_powered_seeds():
@@ -104,3 +107,72 @@ def test_estimates_rank_the_runs_by_their_cost():
     heads, trunk, gradnorm = (study05.config(arm, 1e-3, 0) for arm in (study05.HEADS, "equal", "GradNorm"))
     assert study05.estimate_seconds(heads) < study05.estimate_seconds(trunk) < study05.estimate_seconds(gradnorm)
     assert study05.estimate_seconds(study05.config("equal", 1e-3, 0, fast=True)) < study05.estimate_seconds(trunk)
+
+
+def test_the_exercise_runs_change_a_chapter_arm_in_the_declared_settings_only():
+    study, exercises = get_study("05"), get_study("05", exercises=True)
+    assert exercises is study05.EXERCISES and exercises.default_seeds == study.default_seeds   # paired with the chapter's
+    chapter = {config_hash(c) for c in study.configs(seeds=[0])}
+    configs = exercises.configs(seeds=[0])
+    for config in configs:
+        if config["arm"] in study05.RERUN_ARMS:   # exercise 3's reference: the chapter's run itself
+            assert config_hash(config) in chapter
+            continue
+        spec = study05.EXERCISE_ARMS[config["arm"]]
+        base = study05.config(spec.base, config["lr"], 0)
+        changed = {k for k in set(config) | set(base) if config.get(k) != base.get(k)}
+        assert changed == {"label", "arm", *spec.changes}, config["label"]
+        assert config_hash(config) not in chapter
+    per_arm = {}
+    for config in configs:
+        per_arm.setdefault(config["arm"], []).append(config["lr"])
+    for arm, lrs in per_arm.items():   # one knob at the parent's tuned step size, or a new arm tuned like the chapter's
+        assert tuple(lrs) in {(study05.TUNED_LR.get(arm) or study05.TUNED_LR.get(study05.EXERCISE_ARMS[arm].base),),
+                              study05.LEARNING_RATES["Adam"]}, arm
+    assert len(exercises.configs()) == len(configs) * len(study.default_seeds)
+
+
+def test_the_exercise_primaries_name_runs_of_the_two_studies_or_their_gaps():
+    primary = study05.EXERCISES.primary
+    assert sorted(study05.EXERCISE_PRIMARY) == [1, 2, 3, 4, 5, 6]
+    assert all(1 <= len(group) <= 2 for group in study05.EXERCISE_PRIMARY.values())
+    scores = {arm: dict.fromkeys(study05.TASKS, [0.5, 0.6]) for arm in (*study05.ARMS, *study05.EXERCISE_ARMS)}
+    arms = study05.with_gaps(scores)
+    assert all({c.a, c.b} <= set(arms) and c.task in (None, *study05.TASKS) for c in primary)
+    assert arms["GradNorm − equal, two layers"]["pos"] == [0.0, 0.0]
+
+
+def test_with_gaps_subtracts_equal_weighting_of_the_same_trunk_seed_by_seed():
+    scores = {arm: dict.fromkeys(study05.TASKS, [0.5, 0.5]) for arm in (*study05.ARMS, *study05.EXERCISE_ARMS)}
+    scores["uncertainty, two layers"] = dict.fromkeys(study05.TASKS, [0.7, 0.4])
+    scores["equal, two layers"] = dict.fromkeys(study05.TASKS, [0.6, 0.6])
+    gaps = study05.with_gaps(scores)
+    assert gaps["uncertainty − equal, two layers"]["sentiment"] == pytest.approx([0.1, -0.2])
+    assert gaps["uncertainty − equal, one layer"]["sentiment"] == pytest.approx([0.0, 0.0])
+
+
+def test_tuned_lr_is_what_the_committed_study_chose_on_validation():
+    _, chosen = study05.tuned_scores(load_study(study05.STUDY), arms=list(study05.TUNED_LR))
+    assert chosen == {arm: study05.run_label(arm, lr) for arm, lr in study05.TUNED_LR.items()}
+
+
+def test_gradnorm_measures_the_first_layer_when_asked_and_the_static_weights_are_one_over_ln_c():
+    model = study05.HardSharingModel(study05.mlp(384, 8, 8), {t: nn.Linear(8, 2) for t in study05.TASKS})
+    first = study05.exercise_config("GradNorm, two layers, W = first layer", 1e-2, 0)
+    assert study05.make_weighting(first, 10, model).shared_parameters == [model.trunk[0].weight]
+    assert study05.make_weighting(study05.config("GradNorm", 1e-2, 0), 10, model).shared_parameters is None   # the last
+    static = study05.make_weighting(study05.exercise_config("1/ln C", 1e-2, 0), 10, num_classes=dict.fromkeys(study05.TASKS, 4))
+    assert static.weights == pytest.approx(dict.fromkeys(study05.TASKS, 1 / math.log(4)))
+
+
+def test_a_fast_exercise_run_records_losses_final_weights_and_variances():
+    config = study05.exercise_config("uncertainty, weighting_lr = lr", 3e-3, seed=0, fast=True)
+    assert config["weighting_lr"] == config["lr"] == 3e-3
+    metrics, _ = study05.run(config)
+    epochs = len(metrics["eval_steps"])
+    assert all(len(metrics["train_losses"][t]) == epochs and min(metrics["train_losses"][t]) > 0 for t in study05.TASKS)
+    # λ_t = e^(-s_t)/2 at the last step; σ_t² = e^(s_t) after it: one Adam step of 3e-3 apart at most
+    for t in study05.TASKS:
+        assert 1 / (2 * metrics["final_weights"][t]) == pytest.approx(metrics["variances"][t], rel=1e-2)
+    two_layers, _ = study05.run(study05.exercise_config("GradNorm, two layers", 1e-2, seed=0, fast=True))
+    assert "variances" not in two_layers and sum(two_layers["final_weights"].values()) == pytest.approx(4, abs=1e-3)

@@ -25,12 +25,19 @@ Seeds: the pilot is the chapter's earlier 3-seed run (2026-12-02, lr 1e-3, 300 s
 paired difference uncertainty − equal in mean macro-F1 over the tasks had sd ``PILOT_DIFFERENCE_SD`` =
 0.62 points (the largest of the three strategies); ``evidence.seeds_for_power(0.62, 0.8)`` = 7 seeds
 detect a 0.8-point difference with 80 % power (``DEFAULT_SEEDS``).
+
+``EXERCISES`` (``mtl-tutorial study 05 --exercises``): the worked solutions' runs at this set-up, on the same
+seeds, so that each pairs with the chapter's arms seed by seed. An arm that changes one setting of a chapter arm
+(GradNorm's α, DWA's τ, uncertainty weighting's own step size) runs at that arm's tuned step size
+(``TUNED_LR``); an arm the study has no version of (static 1/ln C weights, the two-layer trunk) is tuned over
+the same four step sizes. Every run stops on validation. ``EXERCISE_PRIMARY`` declares one question per
+exercise before the runs (two for exercise 6); the solutions Holm-adjust everything else.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +51,7 @@ from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.studies.adversarial_and_meta_learning import validation_split
 from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import evaluate, macro_f1, train
-from mtl_tutorial.weighting import DynamicWeightAverage, EqualWeighting, GradNorm, UncertaintyWeighting
+from mtl_tutorial.weighting import DynamicWeightAverage, EqualWeighting, GradNorm, StaticWeighting, UncertaintyWeighting
 
 TASKS = ("sentiment", "condition", "supersense", "pos")
 TRAIN_PER_TASK = 592          # every drug review; the same number of glosses, as in the chapter
@@ -56,6 +63,7 @@ WEIGHTING_LR = 0.01           # Adam's step size of the learned weights (s_t, θ
 LEARNING_RATES = {"Adam": (1e-3, 3e-3, 1e-2, 3e-2), "SGD": (0.03, 0.1, 0.3, 1.0)}
 STEPS = 450                   # 15 epochs of the 474 texts per task left after validation
 WEIGHTINGS = ("equal", "uncertainty", "GradNorm", "DWA")
+INVERSE_LOG_CLASSES = "1/ln C"   # static λ_t = 1 / ln C_t (the worked solutions' exercise 4)
 HEADS = "heads on frozen features"
 ARMS = {HEADS: ("heads", "equal", "Adam"), **{w: ("trunk", w, "Adam") for w in WEIGHTINGS},
         "equal (SGD)": ("trunk", "equal", "SGD"), "uncertainty (SGD)": ("trunk", "uncertainty", "SGD")}
@@ -123,17 +131,23 @@ class SGDWithAdamWeights:
             part.step()
 
 
-def make_weighting(config: dict, steps_per_epoch: int):
+def make_weighting(config: dict, steps_per_epoch: int, model: HardSharingModel | None = None,
+                   num_classes: dict | None = None):
+    """The weighting of ``config``; GradNorm's W is the trunk's first layer with ``"shared_layer": "first"``
+    (else the last, its default), the static ``"1/ln C"`` needs each task's ``num_classes``."""
     name = config["weighting"]
     if name == "equal":
         return EqualWeighting(TASKS)
     if name == "uncertainty":
         return UncertaintyWeighting(TASKS, lr=config["weighting_lr"])
     if name == "GradNorm":
-        return GradNorm(TASKS, alpha=config["gradnorm_alpha"], lr=config["weighting_lr"])
+        shared = [model.trunk[0].weight] if config.get("shared_layer") == "first" else None
+        return GradNorm(TASKS, alpha=config["gradnorm_alpha"], shared_parameters=shared, lr=config["weighting_lr"])
     if name == "DWA":
         return DynamicWeightAverage(TASKS, window=steps_per_epoch, temperature=config["dwa_temperature"])
-    raise ValueError(f"unknown weighting {name!r}; weightings are: {', '.join(WEIGHTINGS)}")
+    if name == INVERSE_LOG_CLASSES:
+        return StaticWeighting({t: 1 / float(np.log(num_classes[t])) for t in TASKS})
+    raise ValueError(f"unknown weighting {name!r}; weightings are: {', '.join((*WEIGHTINGS, INVERSE_LOG_CLASSES))}")
 
 
 def head_vector(model: HardSharingModel, task: str) -> torch.Tensor:
@@ -158,12 +172,12 @@ def run_once(config: dict) -> tuple[dict, nn.Module]:
     train_data, validation, test, num_classes = feature_data(config["max_per_task"], config["validation_share"])
     seed_everything(config["seed"])
     width = 384 if config["model"] == "heads" else config["width"]
-    trunk = nn.Identity() if config["model"] == "heads" else mlp(384, width)
+    trunk = nn.Identity() if config["model"] == "heads" else mlp(384, *[width] * config.get("trunk_layers", 1))
     model = HardSharingModel(trunk, {t: nn.Linear(width, num_classes[t]) for t in TASKS})
     loader = multitask_loader(MultiTaskDataset(train_data), config["batch_size"], strategy="uniform", mixed=True,
                               seed=config["seed"])
     steps_per_epoch = len(loader)
-    weighting = make_weighting(config, steps_per_epoch)
+    weighting = make_weighting(config, steps_per_epoch, model, num_classes)
     optimizer = None
     if config["optimizer"] == "SGD":
         optimizer = SGDWithAdamWeights(model.parameters(), config["lr"], weighting.parameters(), config["weighting_lr"])
@@ -185,6 +199,7 @@ def run_once(config: dict) -> tuple[dict, nn.Module]:
     best = best_epoch(validation_curve)
     edges = [0, *history.eval_steps]
     weights = {t: [float(np.nanmean(history.task_weights[t][a:b])) for a, b in zip(edges[:-1], edges[1:])] for t in TASKS}
+    losses = {t: [float(np.nanmean(history.losses[t][a:b])) for a, b in zip(edges[:-1], edges[1:])] for t in TASKS}
     metrics = {
         "scores": {t: m[f"test/{t}/macro_f1"][best] for t in TASKS},
         "correct": {t: round(m[f"test/{t}/correct"][best]) for t in TASKS},
@@ -195,9 +210,13 @@ def run_once(config: dict) -> tuple[dict, nn.Module]:
         "eval_steps": list(history.eval_steps),
         "head_steps": {t: [round(v, 6) for v in m[f"head step/{t}"]] for t in TASKS},
         "mean_weights": {t: [round(v, 5) for v in weights[t]] for t in TASKS},
+        "train_losses": {t: [round(v, 5) for v in losses[t]] for t in TASKS},     # mean training loss per epoch
+        "final_weights": {t: round(float(history.task_weights[t][-1]), 5) for t in TASKS},   # λ_t at the last step
         "test_examples": {t: len(test[t][1]) for t in TASKS},
         "majority": {t: majority_macro_f1(train_data[t][1], test[t][1], num_classes[t]) for t in TASKS},
     }
+    if isinstance(weighting, UncertaintyWeighting):   # σ_t² = e^(s_t) at the end of training
+        metrics["variances"] = {t: round(float(v), 6) for t, v in zip(weighting.tasks, weighting.log_variances.detach().exp())}
     return metrics, model
 
 
@@ -213,7 +232,7 @@ def estimate_seconds(config: dict) -> float:
     """A run's time on one thread of a busy 2-core CPU (the mean of this study's full run, 2026-12-06, beside
     three other studies: 2.7 s for heads, 3.8-5.2 s for a trunk, 7.5 s with GradNorm, at 450 steps)."""
     per_step = {"heads": 0.006, "trunk": 0.010}[config["model"]] * (1.6 if config["weighting"] == "GradNorm" else 1.0)
-    return per_step * config["steps"] + 0.3
+    return per_step * config["steps"] * (1.2 if config.get("trunk_layers", 1) > 1 else 1.0) + 0.3
 
 
 # ---------------------------------------------------------------- reading the results
@@ -223,7 +242,8 @@ def tuned_scores(results: StudyResults, arms: Sequence[str] = tuple(ARMS)) -> tu
     highest validation score (at its early-stopping epoch) averaged over seeds; test is not read to choose."""
     scores, chosen = {}, {}
     for arm in arms:
-        labels = [run_label(arm, lr) for lr in LEARNING_RATES[ARMS[arm][2]]]
+        lrs = EXERCISE_ARMS[arm].lrs if arm in EXERCISE_ARMS else LEARNING_RATES[ARMS[arm][2]]
+        labels = [run_label(arm, lr) for lr in lrs]
         means = {label: float(np.mean([row["metrics"]["validation"] for row in results.select(label)])) for label in labels}
         chosen[arm] = max(means, key=means.get)
         scores[arm] = {t: [row["metrics"]["scores"][t] for row in results.select(chosen[arm])] for t in TASKS}
@@ -238,5 +258,86 @@ STUDY = Study(
     run=run,
     estimate_seconds=estimate_seconds,
     primary=PRIMARY,
+    default_seeds=DEFAULT_SEEDS,
+)
+
+
+# ---------------------------------------------------------------- the worked solutions' runs
+
+# The step sizes this study chose on validation (``tuned_scores`` of its committed results, 2026-12-06;
+# a test checks that they still do). An exercise arm that changes one setting of a chapter arm runs at
+# that arm's tuned step size, so that only the setting changes.
+TUNED_LR = {"uncertainty": 3e-3, "GradNorm": 1e-2, "DWA": 1e-2}
+
+
+class ExerciseArm(NamedTuple):
+    """A solutions' arm: the chapter arm it starts from, the settings it changes, the step sizes it runs at."""
+
+    base: str
+    changes: dict
+    lrs: tuple[float, ...]
+
+
+ALL_ADAM = LEARNING_RATES["Adam"]   # an arm the chapter's study has no version of is tuned like its arms
+EXERCISE_ARMS = {
+    "GradNorm, α = 0": ExerciseArm("GradNorm", {"gradnorm_alpha": 0.0}, (TUNED_LR["GradNorm"],)),          # exercise 1
+    "GradNorm, α = 3": ExerciseArm("GradNorm", {"gradnorm_alpha": 3.0}, (TUNED_LR["GradNorm"],)),
+    "DWA, τ = 0.5": ExerciseArm("DWA", {"dwa_temperature": 0.5}, (TUNED_LR["DWA"],)),                     # exercise 2
+    "uncertainty, weighting_lr = lr": ExerciseArm("uncertainty", {"weighting_lr": TUNED_LR["uncertainty"]},  # exercise 3
+                                                  (TUNED_LR["uncertainty"],)),
+    INVERSE_LOG_CLASSES: ExerciseArm("equal", {"weighting": INVERSE_LOG_CLASSES}, ALL_ADAM),                 # exercise 4
+    "equal, two layers": ExerciseArm("equal", {"trunk_layers": 2}, ALL_ADAM),                               # exercise 6
+    "uncertainty, two layers": ExerciseArm("uncertainty", {"trunk_layers": 2}, ALL_ADAM),
+    "GradNorm, two layers": ExerciseArm("GradNorm", {"trunk_layers": 2}, ALL_ADAM),                         # exercises 5, 6
+    "GradNorm, two layers, W = first layer": ExerciseArm("GradNorm", {"trunk_layers": 2, "shared_layer": "first"}, ALL_ADAM),
+}
+# Exercise 3 compares σ_t² with the training loss, which the chapter's runs did not record: its reference,
+# the chapter's uncertainty weighting at its tuned step size, runs again here (the same config as the study's).
+RERUN_ARMS = ("uncertainty",)
+
+EXERCISE_PRIMARY = {   # one question per exercise, declared before the runs; everything else is Holm-adjusted
+    1: (Comparison("GradNorm, α = 3", "GradNorm, α = 0", "sentiment"),),   # does pushing the slow task harder pay?
+    2: (Comparison("DWA, τ = 0.5", "DWA", MEAN),),
+    3: (Comparison("uncertainty, weighting_lr = lr", "uncertainty", MEAN),),
+    4: (Comparison(INVERSE_LOG_CLASSES, "equal", MEAN),),
+    5: (Comparison("GradNorm, two layers, W = first layer", "GradNorm, two layers", MEAN),),
+    6: (Comparison("uncertainty − equal, two layers", "uncertainty − equal, one layer", MEAN),   # does a deeper
+        Comparison("GradNorm − equal, two layers", "GradNorm − equal, one layer", MEAN)),        # trunk widen the gap?
+}
+GAP_ARMS = {"one layer": ("", "equal"), "two layers": (", two layers", "equal, two layers")}
+
+
+def exercise_config(arm: str, lr: float, seed: int, fast: bool = False) -> dict:
+    """A run of ``EXERCISE_ARMS[arm]`` (or of a chapter arm in ``RERUN_ARMS``, its config unchanged)."""
+    if arm in RERUN_ARMS:
+        return config(arm, lr, seed, fast)
+    spec = EXERCISE_ARMS[arm]
+    return config(spec.base, lr, seed, fast) | {"label": run_label(arm, lr), "arm": arm, **spec.changes}
+
+
+def exercise_grid(seeds, fast: bool = False) -> list[dict]:
+    """The exercises' runs, seeds outermost (fast: 20 steps on 64 texts per task, as ``grid``)."""
+    return [exercise_config(arm, lr, seed, fast) for seed in seeds
+            for arm, lrs in [*((a, s.lrs) for a, s in EXERCISE_ARMS.items()), *((a, (TUNED_LR[a],)) for a in RERUN_ARMS)]
+            for lr in lrs]
+
+
+def with_gaps(scores: dict) -> dict:
+    """``scores`` plus exercise 6's per-seed gaps "uncertainty − equal, one layer" (… two layers, and GradNorm's)
+    as pseudo-arms, so that a difference of gaps is one ``Comparison``."""
+    gaps = {f"{method} − equal, {depth}": {t: list(np.subtract(scores[method + suffix][t], scores[equal][t])) for t in TASKS}
+            for method in ("uncertainty", "GradNorm") for depth, (suffix, equal) in GAP_ARMS.items()}
+    return scores | gaps
+
+
+EXERCISES = Study(
+    chapter="05",
+    slug="dynamic_task_weighting_exercises",
+    question="the worked solutions' runs: GradNorm's α, DWA's τ, uncertainty's step size, 1/ln C weights, "
+             "GradNorm's W and a two-layer trunk, at the study's set-up",
+    grid=exercise_grid,
+    run=run,
+    estimate_seconds=estimate_seconds,
+    primary=tuple(c for group in EXERCISE_PRIMARY.values() for c in group),
     default_seeds=DEFAULT_SEEDS,
 )
