@@ -48,7 +48,7 @@ from mtl_tutorial.evidence import Comparison, seeds_for_power
 from mtl_tutorial.features import frozen_features
 from mtl_tutorial.models import HardSharingModel, mlp
 from mtl_tutorial.runtime import seed_everything
-from mtl_tutorial.studies.adversarial_and_meta_learning import validation_split
+from mtl_tutorial.studies.feature_tasks import validation_split
 from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import evaluate, macro_f1, train
 from mtl_tutorial.weighting import DynamicWeightAverage, EqualWeighting, GradNorm, StaticWeighting, UncertaintyWeighting
