@@ -8,7 +8,7 @@
 One module per chapter: ``hard_parameter_sharing`` (02), ``soft_sharing`` (03), ``training_schedules`` (04),
 ``dynamic_task_weighting`` (05), ``gradient_alignment`` (06), ``adapter_tuning`` (07), ``lora`` (08), ``prefix_tuning`` (09),
 ``peft_showdown`` (10),
-``adversarial_and_meta_learning`` (11); ``text_runs`` is
+``adversarial_and_meta_learning`` (11); ``soft_sharing_exercises`` holds 03's worked solutions' runs; ``text_runs`` is
 the run they share. ``mtl-tutorial study NN`` runs one from the command line.
 """
 
