@@ -316,9 +316,10 @@ def _synthetic_row(results: StudyResults, model: str, correlation: float, seed: 
     return rows[0]
 
 
-def alpha_history(results: StudyResults, correlation: float, seed: int) -> History:
-    """The α a cross-stitch run recorded over training, as a ``History`` (for ``plotting.plot_metric_curves``)."""
-    curves = dict(_synthetic_row(results, "cross-stitch", correlation, seed)["metrics"]["alpha_curves"])
+def alpha_history(results: StudyResults, correlation: float, seed: int, model: str = "cross-stitch") -> History:
+    """The α a cross-stitch run (``model``: its name in the labels) recorded over training, as a ``History``
+    (for ``plotting.plot_metric_curves``)."""
+    curves = dict(_synthetic_row(results, model, correlation, seed)["metrics"]["alpha_curves"])
     steps = curves.pop("steps")
     return History(TASKS, eval_steps=steps, metrics=curves)
 
