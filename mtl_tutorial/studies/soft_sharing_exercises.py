@@ -25,13 +25,13 @@ Holm-adjust every other interval within its exercise:
    other two partners (> 0: the same-text partner still ranks first with a ten times smaller step).
 6. The mean off-diagonal Z at η = 1, measured every step − every 5 steps.
 
-Seeds: a pilot, this study's first 3 seeds (2026-12-06, read while the study went on), gave the paired
-standard deviations ``PILOT_SD``; ``evidence.seeds_for_power`` at the smallest differences ``SMALLEST`` (declared before the pilot) gives the seeds each
-primary comparison needs (``NEEDED``): 13, 5, 7, more than 30, 23, more than 30. The study runs the most that any comparison
-reachable within the budget (``MAX_SEEDS`` = 30) needs, at least the chapter study's 13: 23 seeds.
-Exercise 4's lowest α (pilot sd 0.48 against a declared 0.1) and exercise 6's mean Z (3.6e-4 against
-0.5e-4) would need more than 100 seeds for 80 % power at those differences; their power at 23 is printed
-by the solutions.
+Seeds: a pilot, this study's first 3 seeds (2026-12-06, read while the study went on), gave the
+paired standard deviations ``PILOT_SD``; ``evidence.seeds_for_power`` at the smallest differences
+``SMALLEST`` (declared before the pilot) gives the seeds each primary comparison needs (``NEEDED``):
+13, 5, 7, more than 30, 23, more than 30. The study runs the most that any comparison reachable within
+the budget (``MAX_SEEDS`` = 30) needs, at least the chapter study's 13: 23 seeds. Exercise 4's lowest α
+(pilot sd 0.48 against a declared 0.1) and exercise 6's mean Z (3.6e-4 against 0.5e-4) would need more
+than 100 seeds for 80 % power at those differences; the solutions print their power at 23.
 """
 
 from __future__ import annotations
