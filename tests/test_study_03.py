@@ -94,7 +94,7 @@ from mtl_tutorial.studies.runner import config_hash  # noqa: E402
 
 def test_the_exercise_runs_are_the_chapters_runs_changed_in_one_setting_each():
     exercises, chapter = get_study("03", exercises=True), get_study("03")
-    assert exercises is S.EXERCISES is E.EXERCISES and exercises.borrow_from == (chapter.name,)
+    assert exercises is E.EXERCISES and exercises.borrow_from == (chapter.name,) and chapter is S.STUDY
     assert len(exercises.configs()) == 25 * len(exercises.default_seeds) and len(exercises.default_seeds) >= 13
     ours = {config_hash(c): c for c in chapter.configs()}
     base = {(c["model"], c["correlation"]): c for c in chapter.configs(seeds=[0]) if c["kind"] == "synthetic"}

@@ -33,7 +33,7 @@ depth-matched models at p = 0 (``PILOT``): the paired differences had standard d
 ``SMALLEST`` gives ``DEFAULT_SEEDS``, the most any of the three needs. Step sizes are the chapter's, untuned
 and the same for every model (no model gets a tuning budget another lacks).
 
-The worked solutions' runs are a study of their own, ``EXERCISES`` (``soft_sharing_exercises``).
+The worked solutions' runs are a study of their own: ``soft_sharing_exercises.EXERCISES``.
 """
 
 from __future__ import annotations
@@ -371,11 +371,3 @@ STUDY = Study(
     primary=PRIMARY,
     default_seeds=DEFAULT_SEEDS,
 )
-
-
-def __getattr__(name: str):
-    """``EXERCISES``, the worked solutions' runs, lives in ``soft_sharing_exercises`` (imported on first use)."""
-    if name == "EXERCISES":
-        from mtl_tutorial.studies.soft_sharing_exercises import EXERCISES
-        return EXERCISES
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
