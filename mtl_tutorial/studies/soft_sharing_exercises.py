@@ -159,11 +159,11 @@ run = one_thread_run({"synthetic": S.run_synthetic, "exercise synthetic": run_ex
 
 
 def estimate_seconds(config: dict) -> float:
-    """A run's time on one thread of a busy 2-core CPU (the chapter study's runs; this study's pilot)."""
+    """A run's time on one thread of the 2-core CPU beside another study: this study's means (2026-12-06)."""
     if config["kind"] == "lookahead":
-        return (12.0 if config["affinity_every"] == 1 else 3.5) * config["steps"] / 200
-    seconds = {HARD_32: 5.5, MMOE_8: 8.5, PLE_2: 12.0, "penalty": 6.3, "cross-stitch": 7.7, "MMoE": 7.3, "CGC": 8.5}
-    return seconds.get(config["model"], 7.0) * config["steps"] / 800
+        return (1.9 if config["affinity_every"] == 1 else 0.8) * config["steps"] / 200
+    seconds = {HARD_32: 1.7, MMOE_8: 2.8, PLE_2: 3.8, "penalty": 2.1, "cross-stitch": 2.6, "MMoE": 3.1, "CGC": 3.2}
+    return seconds.get(config["model"], 3.0) * config["steps"] / 800
 
 
 # ---------------------------------------------------------------- reading the results
