@@ -1,5 +1,6 @@
 """Chapter 03's study: the capacity-matched baseline, the grid, and reading the results back."""
 
+import numpy as np
 import pytest
 from torch import nn
 
@@ -83,3 +84,65 @@ def test_the_readers_return_the_run_of_the_seed_and_correlation_asked_for():
     assert set(gates) == {"MMoE", "CGC"} and gates["CGC"][0.0].tolist() == [[0.0, 1.0], [1.0, 0.0]]
     with pytest.raises(ValueError, match="seeds are \\[0, 1\\]"):
         S.mean_gates(results, seed=7)
+
+
+# ---------------------------------------------------------------- the worked solutions' runs (EXERCISES)
+from mtl_tutorial.studies import get_study, run_configs  # noqa: E402
+from mtl_tutorial.studies import soft_sharing_exercises as E  # noqa: E402
+from mtl_tutorial.studies.runner import config_hash  # noqa: E402
+
+
+def test_the_exercise_runs_are_the_chapters_runs_changed_in_one_setting_each():
+    exercises, chapter = get_study("03", exercises=True), get_study("03")
+    assert exercises is E.EXERCISES and exercises.borrow_from == (chapter.name,) and chapter is S.STUDY
+    assert len(exercises.configs()) == 25 * len(exercises.default_seeds) and len(exercises.default_seeds) >= 13
+    ours = {config_hash(c): c for c in chapter.configs()}
+    base = {(c["model"], c["correlation"]): c for c in chapter.configs(seeds=[0]) if c["kind"] == "synthetic"}
+    affinity = next(c for c in chapter.configs(seeds=[0]) if c["kind"] == "affinity")
+    expected = {"penalty": {"rho"}, "cross-stitch": {"alpha_lr_factor"}, E.HARD_32: {"model"}, E.MMOE_8: {"model"},
+                E.PLE_2: {"model"}}
+    for config in exercises.configs(seeds=[0]):
+        if config["kind"] == "synthetic":   # the chapter's own run, config for config: borrowed, not trained again
+            assert config_hash(config) in ours
+            continue
+        if config["kind"] == "lookahead":
+            reference, changed = affinity, {"kind", "sgd_lookahead_lr", "lookahead_lr", "affinity_every"}
+        else:
+            model = config["model"] if config["model"] in ("penalty", "cross-stitch") else "hard sharing"
+            reference, changed = base[model, config["correlation"]], {"kind"} | expected[config["model"]]
+        differ = {k for k in set(config) | set(reference) if k != "label" and config.get(k) != reference.get(k)}
+        assert differ <= changed, (config["label"], differ)
+        assert config["steps"] == reference["steps"] and config.get("num_train") == reference.get("num_train")
+    penalty_01 = [c for c in exercises.configs(seeds=[0]) if c.get("rho") == 1e-2 and c["model"] == "penalty"]
+    assert len(penalty_01) == 2 and all(config_hash(c) not in ours for c in penalty_01)   # they store the penalty
+
+
+def test_every_exercise_declares_one_primary_comparison_of_runs_in_its_grid():
+    exercises = get_study("03", exercises=True)
+    labels = {c["label"] for c in exercises.configs(seeds=[0])}
+    assert sorted(E.PRIMARY_BY_EXERCISE) == [1, 2, 3, 4, 5, 6] and exercises.primary == E.PRIMARY
+    for k in (1, 2, 3, 4):
+        assert {E.PRIMARY_BY_EXERCISE[k].a, E.PRIMARY_BY_EXERCISE[k].b} <= labels
+    assert E.NEEDED[3] == E.seeds_for_power(E.PILOT_SD[3], E.SMALLEST[3]) <= len(exercises.default_seeds) <= E.MAX_SEEDS
+
+
+def test_the_exercise_readers_give_the_scores_the_primary_comparisons_name():
+    """A short run of the fast grid (3 steps each), read back: every primary comparison finds its runs."""
+    exercises = get_study("03", exercises=True)
+    configs = [c | {"steps": 3, "eval_every": 1, "affinity_every": min(c.get("affinity_every", 1), 2)}
+               if c["kind"] != "synthetic" else c | {"steps": 3, "eval_every": 1} for c in exercises.configs(seeds=[0, 1], fast=True)]
+    configs = [c | {"max_per_task": 16} if c["kind"] == "lookahead" else c for c in configs]
+    results = StudyResults(exercises, run_configs(exercises, configs, progress=False), None)
+    assert E.rhos_in(results) == list(E.FAST_RHOS)
+    families = [E.penalty_scores(results)["penalty"], E.mmoe_scores(results), E.ple_scores(results), E.stitch_scores(results),
+                E.lead_scores(results), E.every_step_scores(results)]
+    for comparison, scores in zip(E.PRIMARY, families):
+        assert len(scores[comparison.a][comparison.task]) == 2 == len(scores[comparison.b][comparison.task]), comparison
+    stitch = E.stitch_scores(results)[S.synthetic_label("cross-stitch", 0.0)]
+    assert all(low <= 0.1 for low in stitch[E.LOWEST_ALPHA])   # α starts at 0.1 off the diagonal: the lowest is at most that
+    experts, gates = E.shared_gates(results)
+    assert gates.shape == (2, len(experts)) == (2, 4) and np.allclose(gates.sum(1), 1, atol=1e-5)
+    every = E.every_step_scores(results)
+    assert all(t > 0 for label in every for t in every[label][E.SECONDS])
+    cosines = [E.lookahead_matrices(results, eta, kind="cosine") for eta in E.LOOKAHEAD_LRS]
+    assert abs(cosines[0] - cosines[1]).max() < 1e-6   # the lookahead never changes the model: same trajectory

@@ -8,7 +8,8 @@
 One module per chapter (``feature_tasks`` holds the four shipped tasks on frozen features that several share): ``hard_parameter_sharing`` (02), ``soft_sharing`` (03), ``training_schedules`` (04),
 ``dynamic_task_weighting`` (05), ``gradient_alignment`` (06), ``adapter_tuning`` (07), ``lora`` (08), ``prefix_tuning`` (09),
 ``peft_showdown`` (10),
-``adversarial_and_meta_learning`` (11); ``text_runs`` is
+``adversarial_and_meta_learning`` (11); ``soft_sharing_exercises`` holds 03's worked solutions' runs
+(``EXERCISE_MODULES``); ``text_runs`` is
 the run they share. ``mtl-tutorial study NN`` runs one from the command line.
 """
 
@@ -31,6 +32,7 @@ from mtl_tutorial.studies.runner import (
 STUDY_MODULES = {"02": "hard_parameter_sharing", "03": "soft_sharing", "04": "training_schedules", "05": "dynamic_task_weighting",
                  "06": "gradient_alignment", "07": "adapter_tuning", "08": "lora", "09": "prefix_tuning", "10": "peft_showdown",
                  "11": "adversarial_and_meta_learning"}
+EXERCISE_MODULES = {"03": "soft_sharing_exercises"}   # where a chapter's EXERCISES has a module of its own
 
 
 def get_study(chapter: str, exercises: bool = False) -> Study:
@@ -38,12 +40,13 @@ def get_study(chapter: str, exercises: bool = False) -> Study:
     key = f"{int(chapter):02d}" if str(chapter).isdigit() else str(chapter)
     if key not in STUDY_MODULES:
         raise ValueError(f"chapter {chapter!r} has no study; studies exist for chapters: {', '.join(STUDY_MODULES)}")
-    module = importlib.import_module(f"mtl_tutorial.studies.{STUDY_MODULES[key]}")
+    name = EXERCISE_MODULES.get(key, STUDY_MODULES[key]) if exercises else STUDY_MODULES[key]
+    module = importlib.import_module(f"mtl_tutorial.studies.{name}")
     if exercises and not hasattr(module, "EXERCISES"):
         raise ValueError(f"chapter {key} has no study of its worked solutions' runs; mtl-tutorial study {key} "
                          f"runs the chapter's")
     return module.EXERCISES if exercises else module.STUDY
 
 
-__all__ = ["STUDY_MODULES", "Study", "StudyResults", "config_hash", "get_study", "history_from_row", "load_study",
+__all__ = ["EXERCISE_MODULES", "STUDY_MODULES", "Study", "StudyResults", "config_hash", "get_study", "history_from_row", "load_study",
            "reproduction_verdict", "run_configs", "run_inline", "run_study"]

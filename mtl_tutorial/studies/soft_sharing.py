@@ -32,12 +32,15 @@ depth-matched models at p = 0 (``PILOT``): the paired differences had standard d
 ``PILOT_SD`` (points of R², nats); ``evidence.seeds_for_power`` at the smallest differences
 ``SMALLEST`` gives ``DEFAULT_SEEDS``, the most any of the three needs. Step sizes are the chapter's, untuned
 and the same for every model (no model gets a tuning budget another lacks).
+
+The worked solutions' runs are a study of their own: ``soft_sharing_exercises.EXERCISES``.
 """
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -174,33 +177,52 @@ def _synthetic_readouts(model: nn.Module, name: str, x_test: torch.Tensor, histo
     return {}
 
 
-def run_synthetic(config: dict) -> tuple[dict, nn.Module | None]:
-    n, seed = config["num_train"], config["seed"]
-    data = make_correlated_tasks(n + config["num_test"], correlation=config["correlation"], input_dim=INPUT_DIM, seed=seed)
-    x_test = data.x[n:]
+def synthetic_data(config: dict) -> tuple[dict, dict, torch.Tensor]:
+    """(train, test, test inputs) of a synthetic config: ``num_train`` inputs labelled for both tasks, then ``num_test``."""
+    n = config["num_train"]
+    data = make_correlated_tasks(n + config["num_test"], correlation=config["correlation"], input_dim=INPUT_DIM,
+                                 seed=config["seed"])
     train_data = {t: (data.x[:n], data.y[:n, i]) for i, t in enumerate(TASKS)}
-    test_data = {t: (x_test, data.y[n:, i]) for i, t in enumerate(TASKS)}
-    losses = dict.fromkeys(TASKS, nn.functional.mse_loss)
-    nmse = {"nmse": normalized_mean_squared_error}
-    common = {"num_steps": config["steps"], "lr": config["lr"], "progress": False}
-    seed_everything(seed)
-    model = synthetic_model(config["model"])
-    readout = (lambda m: m.alpha_metrics()) if config["model"] == "cross-stitch" else None   # α over training
-    loader = multitask_loader(MultiTaskDataset(train_data), config["batch_size"], mixed=True, seed=seed)
-    history = train(model, loader, losses, weighting=SoftSharingPenalty(config["rho"]) if config["model"] == "penalty" else None,
-                    eval_fn=readout, eval_every=config["eval_every"] if readout else None, **common)
-    errors = evaluate(model, test_data, nmse)
-    extra = _synthetic_readouts(model, config["model"], x_test, history)
+    test_data = {t: (data.x[n:], data.y[n:, i]) for i, t in enumerate(TASKS)}
+    return train_data, test_data, data.x[n:]
+
+
+def train_synthetic(config: dict, model: nn.Module, train_data: dict, **options) -> History:
+    """Train ``model`` as every synthetic run trains: ``steps`` mixed batches, Adam at ``lr`` unless
+    ``options`` holds an optimizer (``options``: ``train``'s weighting, optimizer, eval_fn, eval_every)."""
+    loader = multitask_loader(MultiTaskDataset(train_data), config["batch_size"], mixed=True, seed=config["seed"])
+    return train(model, loader, dict.fromkeys(TASKS, nn.functional.mse_loss), num_steps=config["steps"], lr=config["lr"],
+                 progress=False, **options)
+
+
+def explained_scores(model: nn.Module, test_data: dict) -> dict[str, float]:
+    """{EXPLAINED: the mean over the tasks, task: R² = 1 − MSE / Var(y)} on the test data."""
+    errors = evaluate(model, test_data, {"nmse": normalized_mean_squared_error})
     explained = {t: 1.0 - errors[f"{t}/nmse"] for t in TASKS}
-    return {"scores": {EXPLAINED: float(np.mean(list(explained.values()))), **explained}, **extra}, model
+    return {EXPLAINED: float(np.mean(list(explained.values()))), **explained}
+
+
+def run_synthetic(config: dict) -> tuple[dict, nn.Module | None]:
+    train_data, test_data, x_test = synthetic_data(config)
+    seed_everything(config["seed"])
+    model = synthetic_model(config["model"])
+    stitch = config["model"] == "cross-stitch"
+    history = train_synthetic(config, model, train_data,
+                              weighting=SoftSharingPenalty(config["rho"]) if config["model"] == "penalty" else None,
+                              eval_fn=(lambda m: m.alpha_metrics()) if stitch else None,   # α over training
+                              eval_every=config["eval_every"] if stitch else None)
+    extra = _synthetic_readouts(model, config["model"], x_test, history)
+    return {"scores": explained_scores(model, test_data), **extra}, model
 
 
 def _text_model(group: Sequence[str], width: int, num_classes: Mapping[str, int]) -> HardSharingModel:
     return HardSharingModel(mlp(384, width), {t: nn.Linear(width, num_classes[t]) for t in group})
 
 
-def run_affinity(config: dict) -> tuple[dict, nn.Module]:
-    """Z with Adam's step and with the SGD step (same batches: two trackers with the same seed), and the cosines."""
+def train_with_trackers(config: dict, trackers: Callable[[dict, dict, torch.optim.Optimizer], dict]) -> tuple[dict, nn.Module]:
+    """Train the shared layer and heads on ``config["tasks"]`` (Adam), measuring every ``affinity_every``
+    steps with each lookahead ``trackers(data, loss_fns, optimizer)`` returns ({name: TaskAffinity});
+    returns ({"affinity": {name: Z (T, T)}, "cosine": {name: (T, T)}, "tasks", "train_seconds"}, the model)."""
     train_data, _, num_classes = feature_data(config["max_per_task"])
     tasks, seed = config["tasks"], config["seed"]
     data = {t: train_data[t] for t in tasks}
@@ -208,13 +230,14 @@ def run_affinity(config: dict) -> tuple[dict, nn.Module]:
     seed_everything(seed)
     model = _text_model(tasks, config["width"], num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
-    trackers = {"adam": TaskAffinity(data, ce, optimizer=optimizer, batch_size=config["batch_size"], seed=seed),
-                "sgd": TaskAffinity(data, ce, lr=config["sgd_lookahead_lr"], batch_size=config["batch_size"], seed=seed)}
+    measured = trackers(data, ce, optimizer)
     loader = multitask_loader(MultiTaskDataset(data), config["batch_size"], strategy="uniform", mixed=True,
                               replacement=True, num_batches=config["steps"], seed=seed)
+    start = time.perf_counter()
     history = train(model, loader, ce, num_steps=config["steps"], optimizer=optimizer, progress=False,
-                    eval_fn=lambda m: {f"{k}:{name}": v for k, tracker in trackers.items() for name, v in tracker(m).items()},
+                    eval_fn=lambda m: {f"{k}:{name}": v for k, tracker in measured.items() for name, v in tracker(m).items()},
                     eval_every=config["affinity_every"])
+    seconds = time.perf_counter() - start
 
     def matrix(step: str, kind: str) -> list:
         prefix = f"{step}:"
@@ -222,8 +245,19 @@ def run_affinity(config: dict) -> tuple[dict, nn.Module]:
                                metrics={k[len(prefix):]: v for k, v in history.metrics.items() if k.startswith(prefix)})
         return affinity_matrix(view, tasks, kind=kind).tolist()
 
-    return {"affinity": {"adam": matrix("adam", "affinity"), "sgd": matrix("sgd", "affinity")},
-            "cosine": matrix("adam", "cosine"), "tasks": list(tasks)}, model
+    return {"affinity": {k: matrix(k, "affinity") for k in measured}, "cosine": {k: matrix(k, "cosine") for k in measured},
+            "tasks": list(tasks), "train_seconds": round(seconds, 3)}, model
+
+
+def run_affinity(config: dict) -> tuple[dict, nn.Module]:
+    """Z with Adam's step and with the SGD step (same batches: two trackers with the same seed), and the cosines."""
+    def trackers(data: dict, ce: dict, optimizer: torch.optim.Optimizer) -> dict:
+        seed, size = config["seed"], config["batch_size"]
+        return {"adam": TaskAffinity(data, ce, optimizer=optimizer, batch_size=size, seed=seed),
+                "sgd": TaskAffinity(data, ce, lr=config["sgd_lookahead_lr"], batch_size=size, seed=seed)}
+
+    metrics, model = train_with_trackers(config, trackers)
+    return {"affinity": metrics["affinity"], "cosine": metrics["cosine"]["adam"], "tasks": metrics["tasks"]}, model
 
 
 def run_partners(config: dict) -> tuple[dict, nn.Module]:
@@ -282,9 +316,10 @@ def _synthetic_row(results: StudyResults, model: str, correlation: float, seed: 
     return rows[0]
 
 
-def alpha_history(results: StudyResults, correlation: float, seed: int) -> History:
-    """The α a cross-stitch run recorded over training, as a ``History`` (for ``plotting.plot_metric_curves``)."""
-    curves = dict(_synthetic_row(results, "cross-stitch", correlation, seed)["metrics"]["alpha_curves"])
+def alpha_history(results: StudyResults, correlation: float, seed: int, model: str = "cross-stitch") -> History:
+    """The α a cross-stitch run (``model``: its name in the labels) recorded over training, as a ``History``
+    (for ``plotting.plot_metric_curves``)."""
+    curves = dict(_synthetic_row(results, model, correlation, seed)["metrics"]["alpha_curves"])
     steps = curves.pop("steps")
     return History(TASKS, eval_steps=steps, metrics=curves)
 
