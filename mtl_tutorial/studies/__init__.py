@@ -5,12 +5,12 @@
     runs = get_study("07", exercises=True)  # the runs its worked solutions need
     results = load_study(study)         # notebooks/results/07_adapter_tuning.jsonl, read back
 
-One module per chapter (``feature_tasks`` holds the four shipped tasks on frozen features that several share): ``hard_parameter_sharing`` (02), ``soft_sharing`` (03), ``training_schedules`` (04),
-``dynamic_task_weighting`` (05), ``gradient_alignment`` (06), ``adapter_tuning`` (07), ``lora`` (08), ``prefix_tuning`` (09),
-``peft_showdown`` (10),
-``adversarial_and_meta_learning`` (11); ``soft_sharing_exercises`` holds 03's worked solutions' runs
-(``EXERCISE_MODULES``); ``text_runs`` is
-the run they share. ``mtl-tutorial study NN`` runs one from the command line.
+One module per chapter: ``hard_parameter_sharing`` (02), ``soft_sharing`` (03), ``training_schedules`` (04),
+``dynamic_task_weighting`` (05), ``gradient_alignment`` (06), ``adapter_tuning`` (07), ``lora`` (08),
+``prefix_tuning`` (09), ``peft_showdown`` (10), ``adversarial_and_meta_learning`` (11); a chapter's worked
+solutions' runs (``EXERCISES``) live in its module, or in the module ``EXERCISE_MODULES`` names
+(``soft_sharing_exercises``). Shared: ``feature_tasks`` (the four shipped tasks on frozen features) and
+``text_runs`` (one PEFT run on the text tasks). ``mtl-tutorial study NN`` runs one from the command line.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ from mtl_tutorial.sharing import (
     CrossStitchNetwork, MultiGateMixtureOfExperts, ProgressiveLayeredExtraction, SoftSharingPenalty,
     SoftSharingTowers, extraction_levels,
 )
-from mtl_tutorial.studies.adversarial_and_meta_learning import feature_data   # the four tasks' cached MiniLM features
+from mtl_tutorial.studies.feature_tasks import feature_data   # the four tasks' cached MiniLM features
 from mtl_tutorial.studies.runner import Study, StudyResults, one_thread_run
 from mtl_tutorial.training import History, accuracy, evaluate, macro_f1, majority_class_accuracy, normalized_mean_squared_error, train
 
