@@ -345,7 +345,7 @@ def translate_command(args: argparse.Namespace) -> int:
     except TranslationError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{problems} cell(s) to fix" if problems else "the Chinese edition is complete and up to date")
+    print(f"{problems} problem(s) listed above to fix" if problems else "the Chinese edition is complete and up to date")
     return 1 if args.check and problems else 0
 
 
