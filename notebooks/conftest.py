@@ -4,3 +4,7 @@ kernel unless the caller chose otherwise (tests/conftest.py says why)."""
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# The Chinese edition (notebooks/zh/) carries the English notebooks' code and outputs unchanged (tests/test_translation.py
+# checks that cell for cell), so running it again would only double CI's notebook time.
+collect_ignore = ["zh"]
