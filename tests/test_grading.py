@@ -468,3 +468,22 @@ def test_the_sandbox_has_no_network_no_other_processes_no_sources_and_a_read_onl
     text = "".join(o.get("text", "") for o in executed.cells[0].outputs)
     assert run.ended == "normally", run.ended
     assert text.split("\n")[:4] == ["network: no", "processes: True", "sources: False False", "package: read-only"], text
+
+
+def test_the_package_in_an_experiment_cell_is_not_flagged_in_an_autograded_answer_it_is():
+    """An experiment's code may use the package (its written answer is graded by hand); an autograded part's
+    answer that imports it may be calling the reference it is graded against."""
+    from mtl_tutorial.grading.assignments import student_version
+    from mtl_tutorial.grading.grade import _flags
+
+    source_path = ROOT / "notebooks" / "assignments" / "06_gradient_alignment.ipynb"
+    source, released = nbformat.read(source_path, as_version=4), student_version(source_path)
+    submission = nbformat.read(source_path, as_version=4)
+    for cell in submission.cells:
+        if _nbgrader(cell).get("grade_id") == "a06_experiment_code":
+            cell.source = "from mtl_tutorial.aggregation import pcgrad_weights\nprint(pcgrad_weights)"
+        if _nbgrader(cell).get("grade_id") == "a06_mgda_code":
+            cell.source += "\nfrom mtl_tutorial import aggregation"
+    flags = _flags(submission, source, released)
+    assert [flag for flag in flags if "uses" in flag] == [
+        "answer cell a06_mgda_code uses mtl_tutorial: does it call the references or reach into the grader's checks?"]

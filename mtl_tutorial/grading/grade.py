@@ -92,8 +92,9 @@ def _answer_cells(notebook: Any) -> list[Any]:
 
 def _flags(submission: Any, source: Any, released: Any) -> list[str]:
     """What the teacher should look at in the answer cells (they change no score): the instructor's
-    solutions handed in, and words that reach past the learner's own code which the handed-out
-    template of that cell did not already hold."""
+    solutions handed in, and, in the answer cells of autograded parts (``<part>_code``), words that reach
+    past the learner's own code which the handed-out template of that cell did not already hold. An
+    experiment's code cell may use the package (its text is graded by hand), so it is not searched."""
     def normal(text: str) -> str:
         return re.sub(r"\s+", " ", text).strip()
 
@@ -104,6 +105,8 @@ def _flags(submission: Any, source: Any, released: Any) -> list[str]:
     if theirs and all(normal(mine.get(k, "")) == v for k, v in theirs.items()):
         flags.append("the answer cells are the instructor source's solutions, word for word")
     for grade_id, text in mine.items():
+        if (grade_id or "").removesuffix("_code") not in PROBES:
+            continue
         found = [word for word in SUSPICIOUS if word in text and word not in template.get(grade_id, "")]
         if found:
             flags.append(f"answer cell {grade_id} uses {', '.join(found)}: does it call the references "
