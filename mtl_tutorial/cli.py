@@ -303,12 +303,10 @@ def translate_command(args: argparse.Namespace) -> int:
     """Rebuild the Chinese notebooks from the English ones and their translation files; list what to fix.
     --check writes nothing and exits 1 if anything is listed (a stale, missing or off-glossary cell, or a
     Chinese notebook that a rebuild would change)."""
-    import nbformat
-
     from mtl_tutorial.chapters import project_root
     from mtl_tutorial.translation import (
         TranslationError, append_entries, build, chinese_path, describe, english_notebooks, notebook_text,
-        translation_path,
+        read_glossary, translation_path,
     )
 
     root = project_root()
@@ -324,13 +322,12 @@ def translate_command(args: argparse.Namespace) -> int:
         chosen += matches
     problems = 0
     try:
+        glossary = read_glossary(root)
         for english in chosen or available:
-            if args.add_missing:
-                _, report = build(english, root)
-                cells = {cell.id: cell for cell in nbformat.read(english, as_version=4).cells}
-                if report.missing:
-                    append_entries(translation_path(english, root), [cells[i] for i in report.missing])
-            chinese, report = build(english, root)
+            chinese, report = build(english, root, glossary)
+            if args.add_missing and report.missing:
+                append_entries(translation_path(english, root), {i: report.markdown[i] for i in report.missing})
+                chinese, report = build(english, root, glossary)
             lines = describe(report, root)
             target, text = chinese_path(english, root), notebook_text(chinese)
             if args.check:

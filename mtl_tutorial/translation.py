@@ -19,11 +19,12 @@ cell uses a term (outside code and math), its translation uses the Chinese term 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from mtl_tutorial.runtime import project_root
 
@@ -55,6 +56,7 @@ class Report:
     """What building one Chinese notebook found. Each list holds cell ids (``glossary``: messages)."""
 
     english: Path
+    markdown: dict[str, str] = field(default_factory=dict)  # the English markdown cells: id -> source
     translated: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # English markdown cells with no entry
     stale: list[str] = field(default_factory=list)  # entries whose English changed since
@@ -135,11 +137,12 @@ def read_translation(path: Path) -> dict[str, Entry]:
     return entries
 
 
-def append_entries(path: Path, cells: list[Any]) -> None:
-    """Append an entry holding the English text for each of ``cells`` (markdown cells), to be translated."""
+def append_entries(path: Path, sources: Mapping[str, str]) -> None:
+    """Append an entry holding the English text for each cell of ``sources`` (id -> English markdown), to be
+    translated in place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.read_text(encoding="utf-8").rstrip("\n") + "\n\n" if path.is_file() else ""
-    added = "\n\n".join(f"<!-- cell {cell.id} en {source_hash(cell.source)} -->\n{cell.source}" for cell in cells)
+    added = "\n\n".join(f"<!-- cell {cell_id} en {source_hash(text)} -->\n{text}" for cell_id, text in sources.items())
     path.write_text(existing + added + "\n", encoding="utf-8")
 
 
@@ -164,6 +167,7 @@ def read_glossary(root: Path | None = None) -> list[tuple[str, str]]:
     return terms
 
 
+@functools.lru_cache(maxsize=None)
 def _term_pattern(english: str) -> re.Pattern:
     words = [re.escape(word) for word in re.split(r"[- ]", english)]
     return re.compile(r"\b" + r"[- ]".join(words) + r"(s|es)?\b", re.I)
@@ -176,11 +180,13 @@ def glossary_misses(english: str, chinese: str, glossary: list[tuple[str, str]])
     return [f"'{en}' → {zh}" for en, zh in glossary if _term_pattern(en).search(prose) and zh not in chinese]
 
 
-def build(english: Path, root: Path | None = None) -> tuple[Any, Report]:
+def build(english: Path, root: Path | None = None,
+          glossary: list[tuple[str, str]] | None = None) -> tuple[Any, Report]:
     """The Chinese notebook of ``english`` and what its translation file lacks.
 
     Markdown cells take their entry's text (a stale entry gets ``STALE_NOTE`` above it; a missing one keeps
     the English under ``MISSING_NOTE``); every other cell, outputs and metadata are the English notebook's.
+    glossary: ``read_glossary(root)`` when None (pass it in when building many notebooks).
     """
     import copy
 
@@ -189,7 +195,7 @@ def build(english: Path, root: Path | None = None) -> tuple[Any, Report]:
     root = root or project_root()
     notebook = nbformat.read(english, as_version=4)
     entries = read_translation(translation_path(english, root))
-    glossary = read_glossary(root)
+    glossary = read_glossary(root) if glossary is None else glossary
     report = Report(english)
     chinese = copy.deepcopy(notebook)
     ids = set()
@@ -197,6 +203,7 @@ def build(english: Path, root: Path | None = None) -> tuple[Any, Report]:
         ids.add(cell.id)
         if cell.cell_type != "markdown":
             continue
+        report.markdown[cell.id] = cell.source
         entry = entries.get(cell.id)
         if entry is None:
             report.missing.append(cell.id)
@@ -226,23 +233,21 @@ def notebook_text(notebook: Any) -> str:
 
 def describe(report: Report, root: Path | None = None) -> list[str]:
     """A report as lines for the command: a summary line, then one line per problem with what to do."""
-    import nbformat
-
     root = root or project_root()
-    english = {cell.id: cell for cell in nbformat.read(report.english, as_version=4).cells}
+    english = report.markdown
     total = len(report.translated) + len(report.missing)
     where = translation_path(report.english, root).relative_to(root)
     lines = [f"{chinese_path(report.english, root).relative_to(root)}: {len(report.translated)}/{total} markdown "
              f"cells translated" + (f", {report.problems} to fix in {where}" if report.problems else "")]
 
     def first_words(cell_id: str) -> str:
-        return " ".join(english[cell_id].source.split())[:60] if cell_id in english else ""
+        return " ".join(english[cell_id].split())[:60]
 
     for cell_id in report.missing:
-        lines.append(f"  missing       cell {cell_id} (en {source_hash(english[cell_id].source)}): {first_words(cell_id)!r}")
+        lines.append(f"  missing       cell {cell_id} (en {source_hash(english[cell_id])}): {first_words(cell_id)!r}")
     for cell_id in report.stale:
         lines.append(f"  stale         cell {cell_id}: the English changed since it was translated; revise the text "
-                     f"and set en {source_hash(english[cell_id].source)}: {first_words(cell_id)!r}")
+                     f"and set en {source_hash(english[cell_id])}: {first_words(cell_id)!r}")
     for cell_id in report.untranslated:
         lines.append(f"  untranslated  cell {cell_id}: still the English text: {first_words(cell_id)!r}")
     for cell_id in report.orphaned:

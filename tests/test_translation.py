@@ -21,6 +21,7 @@ from mtl_tutorial.translation import (
     append_entries,
     build,
     chinese_path,
+    describe,
     english_notebooks,
     glossary_misses,
     notebook_text,
@@ -32,6 +33,7 @@ from mtl_tutorial.translation import (
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGLISH = english_notebooks(ROOT)
+TERMS = read_glossary(ROOT)
 GLOSSARY = "## Glossary / 术语表\n\n| English | 中文 | in this course |\n|---|---|---|\n" \
            "| negative transfer | 负迁移 | a task worse beside another |\n| adapter | 适配器 | a bottleneck MLP |\n"
 
@@ -92,20 +94,15 @@ def test_missing_untranslated_orphaned_and_off_glossary_cells_are_each_listed(tm
     assert report.missing == ["md2"] and report.untranslated == ["md1"] and report.orphaned == ["gone"]
     assert report.glossary == ["md0: 'negative transfer' → 负迁移"]
     assert chinese.cells[-1].source == MISSING_NOTE + english[2]
-    lines = "\n".join(cli_lines(course))
+    lines = "\n".join(describe(build(course / "notebooks" / "01_x.ipynb", course)[1], course))
     assert "missing       cell md2" in lines and "orphaned      cell gone" in lines and "untranslated  cell md1" in lines
-
-
-def cli_lines(course: Path) -> list[str]:
-    from mtl_tutorial.translation import describe
-    return describe(build(course / "notebooks" / "01_x.ipynb", course)[1], course)
 
 
 def test_add_missing_writes_entries_that_read_back_with_the_english_hash(tmp_path):
     course = _course(tmp_path, "# Title", "Second cell.\n\nTwo paragraphs.")
     english = course / "notebooks" / "01_x.ipynb"
-    append_entries(translation_path(english, course), [c for c in nbformat.read(english, as_version=4).cells
-                                                        if c.cell_type == "markdown"])
+    append_entries(translation_path(english, course), {c.id: c.source for c in nbformat.read(english, as_version=4).cells
+                                                        if c.cell_type == "markdown"})
     entries = read_translation(translation_path(english, course))
     assert {i: (e.en_hash, e.text) for i, e in entries.items()} == {
         "md0": (source_hash("# Title"), "# Title"), "md1": (source_hash("Second cell.\n\nTwo paragraphs."),
@@ -151,8 +148,7 @@ def test_the_glossary_gives_one_chinese_term_per_english_term(tmp_path):
 
 @pytest.mark.parametrize("english", ENGLISH, ids=lambda p: p.relative_to(ROOT / "notebooks").as_posix())
 def test_the_chinese_edition_is_complete_current_and_rebuilt(english):
-    chinese, report = build(english, ROOT)
-    from mtl_tutorial.translation import describe
+    chinese, report = build(english, ROOT, TERMS)
     assert report.problems == 0, "\n".join(describe(report, ROOT)) + "\n(fix them, then run mtl-tutorial translate)"
     committed = chinese_path(english, ROOT)
     assert committed.is_file(), f"{committed} is missing: run mtl-tutorial translate"
@@ -251,3 +247,16 @@ def test_an_inplace_run_rebuilds_the_chinese_edition_of_a_course_notebook(tmp_pa
     nbformat.write(nbformat.v4.new_notebook(), outside)
     cli._rebuild_chinese(outside)   # not one of the course's notebooks: nothing to rebuild
     assert capsys.readouterr().out == ""
+
+
+def test_translate_add_missing_writes_the_skeleton_and_check_then_lists_it_as_english(tmp_path, monkeypatch, capsys):
+    course = _course(tmp_path, "# 01 · Getting started", "Negative transfer.")
+    monkeypatch.setenv("MTL_TUTORIAL_ROOT", str(course))
+    assert cli.main(["translate", "--add-missing"]) == 0   # rebuilds and writes, lists what is left
+    english = course / "notebooks" / "01_x.ipynb"
+    assert set(read_translation(translation_path(english, course))) == {"md0", "md1"}
+    assert chinese_path(english, course).is_file()
+    capsys.readouterr()
+    assert cli.main(["translate", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "untranslated  cell md0" in out and "untranslated  cell md1" in out and "missing" not in out

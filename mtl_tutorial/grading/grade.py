@@ -19,6 +19,7 @@ import hashlib
 import re
 import secrets
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -203,8 +204,6 @@ def grade(
     released = student_version(source)
     restored = restore_from_source(notebook, source, released)
     report = Report(submission, source.stem, flags=_flags(restored, instructor, released))
-    import tempfile
-
     import nbformat
 
     with tempfile.TemporaryDirectory(prefix="mtl-restored-") as folder:  # the restored notebook, private
