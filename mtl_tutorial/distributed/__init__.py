@@ -124,6 +124,9 @@ def _run_rank(
     if threads is not None:
         torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank_, world_size=world)
+    # Every rank has joined before any runs fn: rank 0 hosts the group's store, and a rank 0 whose fn returns
+    # at once would otherwise take it down while another rank is still connecting (DistNetworkError there).
+    dist.barrier()
     try:
         result = fn(*args)
     finally:
