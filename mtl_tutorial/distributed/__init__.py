@@ -41,9 +41,9 @@ tests, benchmarks and notebooks), holds the experiment (``distributed.experiment
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -111,24 +111,27 @@ def _check_importable(fn: Callable[..., Any]) -> None:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _run_rank(
     rank_: int, world: int, port: int, folder: str, fn: Callable[..., Any], args: tuple, threads: int | None
 ) -> None:
-    """One process of ``run_local``: join the group, run fn, leave, save the result for the parent."""
+    """One process of ``run_local``: join the group, run fn, leave, save the result for the parent.
+
+    The group's store is the parent's (``port``), so it outlives every rank. On success every rank
+    waits for the others twice: after joining (before fn) and after fn, once the garbage its fn left
+    (DDP's reducer holds the group through reference cycles) is freed, so that no rank tears its
+    connections down while another is still in a collective or still connecting (seen in CI as a
+    DistNetworkError, and as a SIGABRT in rank 1). After an exception the rank leaves at once and
+    ``spawn`` stops the others.
+    """
     if threads is not None:
         torch.set_num_threads(threads)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank_, world_size=world)
-    # Every rank has joined before any runs fn: rank 0 hosts the group's store, and a rank 0 whose fn returns
-    # at once would otherwise take it down while another rank is still connecting (DistNetworkError there).
-    dist.barrier()
+    store = dist.TCPStore("127.0.0.1", port, world, is_master=False)
+    dist.init_process_group("gloo", store=store, rank=rank_, world_size=world)
     try:
+        dist.barrier()
         result = fn(*args)
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     with open(Path(folder) / f"{rank_}.pkl", "wb") as file:
@@ -148,9 +151,11 @@ def run_local(
     if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
     _check_importable(fn)
+    # The store lives here, in the parent, on a port the system picks (no race for a "free" port).
+    store = dist.TCPStore("127.0.0.1", 0, None, is_master=True, wait_for_workers=False)
     with tempfile.TemporaryDirectory() as folder:
         torch.multiprocessing.spawn(
-            _run_rank, args=(world_size, _free_port(), folder, fn, args, threads_per_process), nprocs=world_size
+            _run_rank, args=(world_size, store.port, folder, fn, args, threads_per_process), nprocs=world_size
         )
         results = []
         for r in range(world_size):
