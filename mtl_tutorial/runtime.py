@@ -4,12 +4,14 @@ Environment variables (read at call time, so a notebook or test can change them)
 
 - ``MTL_TUTORIAL_DEVICE``: force a device (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
 - ``MTL_TUTORIAL_FAST``: ``1`` runs every chapter in fast mode (CI, smoke tests).
+- ``MTL_TUTORIAL_CACHE``: where cached files go (``cache_dir``).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 from typing import TypeVar
 
@@ -130,3 +132,21 @@ def project_root() -> Path:
         "cannot find the course folder (one with notebooks/ and README.md); run the command from "
         "inside your clone of mtl-tutorial or set MTL_TUTORIAL_ROOT to its path"
     )
+
+
+def cache_dir() -> Path:
+    """Where cached files live (frozen features, the decoder of chapter 12): ``MTL_TUTORIAL_CACHE`` if set,
+    else the user's cache folder.
+
+    Linux ``$XDG_CACHE_HOME/mtl_tutorial`` (``~/.cache/mtl_tutorial``), macOS
+    ``~/Library/Caches/mtl_tutorial``, Windows ``%LOCALAPPDATA%\\mtl_tutorial\\Cache``.
+    """
+    override = os.environ.get("MTL_TUTORIAL_CACHE", "").strip()
+    if override:
+        return Path(override).expanduser()
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "mtl_tutorial" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "mtl_tutorial"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mtl_tutorial"

@@ -16,7 +16,7 @@ PACKAGE = Path(mtl_tutorial.__file__).parent
 BASE = {"runtime", "backbone", "evidence", "checks"}
 METHODS = {
     "objectives", "models", "sharing", "weighting", "aggregation", "relations", "adversarial", "meta",
-    "adapter", "lora", "prefix", "multitask_peft", "merging",
+    "adapter", "lora", "prefix", "multitask_peft", "merging", "instruction",
 }
 """Pure: they take tensors, models, losses and data as arguments and import only BASE and METHODS."""
 

@@ -10,7 +10,7 @@ import torch
 
 import mtl_tutorial.features as features_module
 from mtl_tutorial.backbone import encode, load_backbone
-from mtl_tutorial.features import backbone_identity, cache_dir, cache_key, frozen_features
+from mtl_tutorial.features import backbone_identity, cache_key, frozen_features
 
 TEXTS = ["the drug worked well", "a member of the genus Canis", "move fast", "horrible side effects"]
 
@@ -142,19 +142,6 @@ def test_bad_arguments_raise(backbone) -> None:
         frozen_features(TEXTS, model)
     with pytest.raises(TypeError, match="not a single string"):
         frozen_features("one text", model, tokenizer)
-
-
-def test_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MTL_TUTORIAL_CACHE", str(tmp_path / "here"))
-    assert cache_dir() == tmp_path / "here"
-    monkeypatch.delenv("MTL_TUTORIAL_CACHE")
-    monkeypatch.setattr(features_module.sys, "platform", "linux")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == tmp_path / "xdg" / "mtl_tutorial"
-    monkeypatch.delenv("XDG_CACHE_HOME")
-    assert cache_dir() == Path.home() / ".cache" / "mtl_tutorial"
-    repo = Path(__file__).resolve().parents[1]
-    assert repo not in cache_dir().resolve().parents
 
 
 def test_an_unwritable_cache_warns_and_still_returns_features(

@@ -1,10 +1,12 @@
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mtl_tutorial.runtime import by_mode, environment_summary, fast_mode, get_device, seed_everything
+import mtl_tutorial.runtime as runtime_module
+from mtl_tutorial.runtime import by_mode, cache_dir, environment_summary, fast_mode, get_device, seed_everything
 
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("0", False), ("", False)])
@@ -77,3 +79,16 @@ def test_environment_summary_names_versions_device_and_mode(monkeypatch):
     assert lines["device"] == "cpu"
     assert lines["mode"] == "fast"
     assert {"python", "transformers", "peft"} <= set(lines)
+
+
+def test_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MTL_TUTORIAL_CACHE", str(tmp_path / "here"))
+    assert cache_dir() == tmp_path / "here"
+    monkeypatch.delenv("MTL_TUTORIAL_CACHE")
+    monkeypatch.setattr(runtime_module.sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "mtl_tutorial"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == Path.home() / ".cache" / "mtl_tutorial"
+    repo = Path(__file__).resolve().parents[1]
+    assert repo not in cache_dir().resolve().parents
