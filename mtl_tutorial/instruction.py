@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtl_tutorial.models import TaskOutput
+
 IGNORE_INDEX = -100
 """The label of a position that is not a target (prompt and padding): PyTorch's and transformers' default."""
 
@@ -49,6 +51,11 @@ class InstructionBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """(B, 2, L): ``input_ids`` and ``attention_mask`` stacked, what ``InstructionModel`` takes."""
+        return torch.stack([self.input_ids, self.attention_mask], 1)
 
 
 def chat_prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
@@ -86,12 +93,16 @@ def collate_answers(
     answer_ids: Sequence[Sequence[int]],
     pad_id: int,
     max_length: int | None = None,
+    pad_to: int | None = None,
+    prompt_loss: bool = False,
 ) -> InstructionBatch:
     """Join each prompt with its answer, mask the prompt out of the labels, pad on the right.
 
     prompt_ids[i], answer_ids[i]: token ids of example i (the answer with its end-of-turn token).
-    Returns an ``InstructionBatch`` of length L = max_i (|p_i| + |a_i|). Right padding keeps every
-    example's positions 0, 1, ... as in training without padding (a causal model never attends forward).
+    Returns an ``InstructionBatch`` of length L = ``pad_to`` or max_i (|p_i| + |a_i|). Right padding
+    keeps every example's positions 0, 1, ... as without padding (a causal model never attends forward).
+    prompt_loss=True makes the prompt's tokens targets too: the slip the module docstring names, kept
+    so that a study can measure what it costs.
     """
     if len(prompt_ids) != len(answer_ids):
         raise ValueError(f"got {len(prompt_ids)} prompts but {len(answer_ids)} answers; give one answer per prompt")
@@ -111,23 +122,33 @@ def collate_answers(
                 f"max_length = {max_length}; shorten its input text before building the prompt (cutting the "
                 f"sequence would cut the answer) or raise max_length"
             )
-    length = max(lengths)
+    length = max(lengths) if pad_to is None else pad_to
+    if length < max(lengths):
+        raise ValueError(f"pad_to = {pad_to} is shorter than the longest example ({max(lengths)} tokens); "
+                         f"pad to at least that, or leave pad_to out")
     input_ids = torch.full((len(lengths), length), pad_id, dtype=torch.long)
     labels = torch.full((len(lengths), length), IGNORE_INDEX, dtype=torch.long)
     attention_mask = torch.zeros((len(lengths), length), dtype=torch.long)
     for i, (prompt, answer) in enumerate(zip(prompt_ids, answer_ids)):
         n, m = len(prompt), len(answer)
         input_ids[i, :n + m] = torch.tensor([*prompt, *answer], dtype=torch.long)
-        labels[i, n:n + m] = torch.tensor(list(answer), dtype=torch.long)
+        start = 0 if prompt_loss else n
+        labels[i, start:n + m] = input_ids[i, start:n + m]
         attention_mask[i, :n + m] = 1
     return InstructionBatch(input_ids, attention_mask, labels)
 
 
 def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits at positions 0..L-2, the tokens they predict at 1..L-1): position j predicts token j + 1."""
-    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+    """(logits at positions 0..L-2, the tokens they predict at 1..L-1): position j predicts token j + 1.
+
+    labels may be longer than the logits (``InstructionModel`` drops the padding columns at the end):
+    the extra columns must be ``IGNORE_INDEX``.
+    """
+    if logits.dim() != 3 or labels.dim() != 2 or labels.shape[0] != logits.shape[0] or labels.shape[1] < logits.shape[1]:
         raise ValueError(f"logits must be (B, L, V) and labels (B, L), got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    return logits[:, :-1].float(), labels[:, 1:]
+    if (labels[:, logits.shape[1]:] != IGNORE_INDEX).any():
+        raise ValueError(f"labels (B, {labels.shape[1]}) have targets past the logits' {logits.shape[1]} positions")
+    return logits[:, :-1].float(), labels[:, 1:logits.shape[1]]
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -182,3 +203,35 @@ def option_scores(
         logits = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device)).logits
         scores.append(answer_log_likelihoods(logits, batch.labels.to(device)).cpu())
     return torch.cat(scores).view(len(prompt_ids), len(option_ids))
+
+
+class InstructionModel(nn.Module):
+    """A causal LM in the course's multi-task interface: ``model(inputs, task) -> logits`` for ``training.train``.
+
+    inputs: (B, 2, L) long, token ids and attention mask of right-padded sequences (``InstructionBatch.inputs``);
+    the targets that go with them are ``InstructionBatch.labels`` and the loss ``answer_loss`` for every task.
+    The columns past the batch's longest sequence are dropped before the forward pass, so the logits are
+    (B, L', V) with L' ≤ L. Every task shares the LM and its LoRA layers, if any: the instruction names the
+    task. A mixed batch (a list of task names) returns {task: TaskOutput(logits of its rows, positions)}.
+    """
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, inputs: torch.Tensor, task: str | Sequence[str] | None = None):
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 3 or inputs.shape[1] != 2:
+            got = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise ValueError(f"inputs must be (B, 2, L): token ids and attention mask (InstructionBatch.inputs), got {got}")
+        ids, mask = inputs[:, 0], inputs[:, 1]
+        length = int(mask.sum(1).max())
+        logits = self.lm(input_ids=ids[:, :length], attention_mask=mask[:, :length]).logits
+        if task is None or isinstance(task, str):
+            return logits
+        if len(task) != len(inputs):
+            raise ValueError(f"a mixed batch needs one task name per example: {len(task)} names for {len(inputs)} examples")
+        outputs = {}
+        for name in dict.fromkeys(task):
+            positions = torch.tensor([i for i, t in enumerate(task) if t == name], dtype=torch.long)
+            outputs[name] = TaskOutput(logits[positions.to(logits.device)], positions)
+        return outputs

@@ -14,6 +14,7 @@ from mtl_tutorial.data.instructions import INSTRUCTIONS, instruction_answers, in
 from mtl_tutorial.data.text_tasks import TASKS, TextTask
 from mtl_tutorial.instruction import (
     IGNORE_INDEX,
+    InstructionModel,
     answer_ids,
     answer_log_likelihoods,
     answer_loss,
@@ -33,7 +34,8 @@ def decoder():
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, pad_token_id=PAD)
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, pad_token_id=PAD,
+                         initializer_range=0.5)   # weights large enough that a rank-4 update can move the logits
     return LlamaForCausalLM(config).eval()
 
 
@@ -220,3 +222,61 @@ def test_a_task_without_answer_words_is_refused_by_name():
     relabelled = TextTask("pos", ["a text"], torch.tensor([0]), ["pronoun"], "wordnet_glosses")
     with pytest.raises(ValueError, match=r"labels with no answer words: pronoun; add them to ANSWERS\['pos'\]"):
         option_answers(relabelled)
+
+
+def test_prompt_loss_makes_every_real_token_a_target_and_pad_to_fixes_the_length():
+    batch = collate_answers(PROMPTS, ANSWERS, PAD, pad_to=9, prompt_loss=True)
+    assert batch.input_ids.shape == (3, 9)
+    real = batch.attention_mask.bool()
+    assert torch.equal(batch.labels[real], batch.input_ids[real]) and (batch.labels[~real] == IGNORE_INDEX).all()
+    assert torch.equal(batch.inputs, torch.stack([batch.input_ids, batch.attention_mask], 1))
+    with pytest.raises(ValueError, match=r"pad_to = 6 is shorter than the longest example \(7 tokens\)"):
+        collate_answers(PROMPTS, ANSWERS, PAD, pad_to=6)
+
+
+def test_instruction_model_drops_the_padding_columns_and_keeps_the_logits(decoder):
+    batch = collate_answers(PROMPTS, ANSWERS, PAD, pad_to=12)
+    model = InstructionModel(decoder)
+    logits = model(batch.inputs, "sentiment")
+    assert logits.shape[:2] == (3, 7), "the 5 columns of padding past the longest example are not run"
+    full = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert torch.allclose(logits, full[:, :7], atol=1e-5)
+    assert answer_loss(logits, batch.labels).item() == pytest.approx(answer_loss(full, batch.labels).item(), rel=1e-5)
+    mixed = model(batch.inputs, ["pos", "sentiment", "pos"])
+    assert list(mixed) == ["pos", "sentiment"] and mixed["pos"].positions.tolist() == [0, 2]
+    assert torch.equal(mixed["pos"].outputs, logits[[0, 2]])
+    with pytest.raises(ValueError, match=r"inputs must be \(B, 2, L\)"):
+        model(batch.input_ids, "pos")
+    with pytest.raises(ValueError, match="one task name per example: 2 names for 3 examples"):
+        model(batch.inputs, ["pos", "pos"])
+    with pytest.raises(ValueError, match="targets past the logits' 7 positions"):
+        answer_loss(logits, collate_answers(PROMPTS, ANSWERS, PAD, pad_to=12, prompt_loss=True).labels.roll(5, 1))
+
+
+def test_train_tunes_a_shared_lora_on_two_instruction_tasks_and_leaves_the_decoder_frozen(decoder):
+    """training.train with InstructionModel and answer_loss: one LoRA learns both tasks' answers."""
+    import copy
+
+    from mtl_tutorial.data import MultiTaskDataset, multitask_loader
+    from mtl_tutorial.lora import apply_lora
+    from mtl_tutorial.training import train
+
+    torch.manual_seed(0)
+    lm = apply_lora(copy.deepcopy(decoder), target_modules=("q_proj", "v_proj", "o_proj", "down_proj"), r=4, alpha=8)
+    frozen_before = {name: p.clone() for name, p in lm.named_parameters() if not p.requires_grad}
+    options = {"first": [[20, 2], [21, 2]], "second": [[22, 2], [23, 2], [24, 2]]}
+    prompts = {"first": [[5, 6], [7, 8], [9, 10, 11]], "second": [[12, 13], [14, 15, 16], [17, 18]]}
+    answers = {"first": [0, 1, 0], "second": [2, 0, 1]}
+    data = {}
+    for task in options:
+        batch = collate_answers(prompts[task], [options[task][k] for k in answers[task]], PAD, pad_to=8)
+        data[task] = (batch.inputs, batch.labels)
+    loader = multitask_loader(MultiTaskDataset(data), batch_size=3, strategy="uniform", seed=0)
+    model = InstructionModel(lm)
+    history = train(model, loader, {task: answer_loss for task in options}, num_steps=60, lr=2e-2, progress=False)
+    for task in options:
+        losses = [loss for loss in history.losses[task] if loss == loss]   # the steps with a batch of this task
+        assert losses[-1] < 0.25 * losses[0], f"{task}: answer loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+        predicted = option_scores(model.lm, prompts[task], options[task], PAD).argmax(1).tolist()
+        assert predicted == answers[task]
+    assert all(torch.equal(p, frozen_before[name]) for name, p in lm.named_parameters() if not p.requires_grad)
