@@ -215,6 +215,15 @@ def test_instruction_prompts_and_answers_follow_the_texts_and_labels():
             assert answers[i] == ANSWER_WORDS[task.name][task.label_names[task.labels[i]]]
 
 
+def test_instruction_prompts_can_cut_long_texts_to_their_first_words():
+    task = TextTask("sentiment", ["one two  three\nfour five", "six"], torch.tensor([0, 2]), ["negative", "neutral", "positive"],
+                    "drug_reviews")
+    assert instruction_prompts(task, max_words=3) == [INSTRUCTIONS["sentiment"].format(text="one two three"),
+                                                      INSTRUCTIONS["sentiment"].format(text="six")]
+    with pytest.raises(ValueError, match="max_words must be a positive int or None, got 0"):
+        instruction_prompts(task, max_words=0)
+
+
 def test_a_task_without_answer_words_is_refused_by_name():
     unknown = TextTask("topic", ["a text"], torch.tensor([0]), ["sports"], "news")
     with pytest.raises(ValueError, match="no instruction for task 'topic'"):

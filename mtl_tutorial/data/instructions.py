@@ -44,10 +44,16 @@ def _check(task: TextTask) -> None:
                          f"add them to ANSWERS[{task.name!r}]")
 
 
-def instruction_prompts(task: TextTask) -> list[str]:
-    """The user's turn for each of the task's texts: N strings (``INSTRUCTIONS[task.name]``)."""
+def instruction_prompts(task: TextTask, max_words: int | None = None) -> list[str]:
+    """The user's turn for each of the task's texts: N strings (``INSTRUCTIONS[task.name]``).
+
+    max_words: cut each text to its first ``max_words`` words (a drug review runs to 300 words; a gloss to 40).
+    """
     _check(task)
-    return [INSTRUCTIONS[task.name].format(text=text) for text in task.texts]
+    if max_words is not None and (not isinstance(max_words, int) or isinstance(max_words, bool) or max_words < 1):
+        raise ValueError(f"max_words must be a positive int or None, got {max_words!r}")
+    texts = task.texts if max_words is None else [" ".join(text.split()[:max_words]) for text in task.texts]
+    return [INSTRUCTIONS[task.name].format(text=text) for text in texts]
 
 
 def option_answers(task: TextTask) -> list[str]:

@@ -7,7 +7,8 @@
 
 One module per chapter: ``hard_parameter_sharing`` (02), ``soft_sharing`` (03), ``training_schedules`` (04),
 ``dynamic_task_weighting`` (05), ``gradient_alignment`` (06), ``adapter_tuning`` (07), ``lora`` (08),
-``prefix_tuning`` (09), ``peft_showdown`` (10), ``adversarial_and_meta_learning`` (11); a chapter's worked
+``prefix_tuning`` (09), ``peft_showdown`` (10), ``adversarial_and_meta_learning`` (11), ``instruction_tuning``
+(12, whose chapter is not written yet: a GPU study); a chapter's worked
 solutions' runs (``EXERCISES``) live in its module, or in the module ``EXERCISE_MODULES`` names
 (``soft_sharing_exercises``). Shared: ``feature_tasks`` (the four shipped tasks on frozen features) and
 ``text_runs`` (one PEFT run on the text tasks). ``mtl-tutorial study NN`` runs one from the command line.
@@ -31,7 +32,7 @@ from mtl_tutorial.studies.runner import (
 
 STUDY_MODULES = {"02": "hard_parameter_sharing", "03": "soft_sharing", "04": "training_schedules", "05": "dynamic_task_weighting",
                  "06": "gradient_alignment", "07": "adapter_tuning", "08": "lora", "09": "prefix_tuning", "10": "peft_showdown",
-                 "11": "adversarial_and_meta_learning"}
+                 "11": "adversarial_and_meta_learning", "12": "instruction_tuning"}
 EXERCISE_MODULES = {"03": "soft_sharing_exercises"}   # where a chapter's EXERCISES has a module of its own
 
 
