@@ -36,13 +36,14 @@ import time
 import torch
 
 from mtl_tutorial.backbone import DECODER_FILE, load_decoder
-from mtl_tutorial.data import MultiTaskDataset, load_text_tasks, multitask_loader
+from mtl_tutorial.data import MultiTaskDataset, multitask_loader
 from mtl_tutorial.data.instructions import ANSWERS, instruction_answers, instruction_prompts, option_answers
 from mtl_tutorial.evidence import Comparison
 from mtl_tutorial.instruction import InstructionModel, answer_ids, answer_loss, chat_prompt_ids, collate_answers, option_scores
 from mtl_tutorial.lora import apply_lora
 from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.studies.runner import Study
+from mtl_tutorial.studies.text_runs import task_data
 from mtl_tutorial.training import majority_class_accuracy, train
 
 TASKS = ("sentiment", "condition", "supersense", "pos")
@@ -78,12 +79,6 @@ def grid(seeds, fast: bool = False) -> list[dict]:
 @functools.lru_cache(maxsize=1)
 def _decoder():
     return load_decoder()
-
-
-@functools.lru_cache(maxsize=2)
-def _tasks(tasks: tuple[str, ...], train_examples: int | None, test_examples: int | None):
-    return (load_text_tasks(list(tasks), split="train", max_per_task=train_examples, seed=0),
-            load_text_tasks(list(tasks), split="test", max_per_task=test_examples, seed=0))
 
 
 def _autocast(precision: str, device: torch.device):
@@ -125,7 +120,7 @@ def run(cfg: dict, device: torch.device | None = None, keep_model: bool = False)
     """One arm: train (unless zero-shot), answer the test sets; metrics for the results line."""
     device = torch.device(device or "cpu")
     lm, tokenizer = _decoder()
-    train_tasks, test_tasks = _tasks(tuple(cfg["tasks"]), cfg["train_examples"], cfg["test_examples"])
+    train_tasks, test_tasks = task_data(cfg)   # the same (train, test) loading as chapters 07-10's runs
     tasks = cfg["tasks"]
     scores, correct, losses, step_seconds, models = {}, {}, {}, {}, {}
     if cfg["arm"] == "zero-shot":
