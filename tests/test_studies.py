@@ -1,6 +1,7 @@
 """The study runner: one line per finished run, resumable after a kill, nothing run twice."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,3 +264,34 @@ def test_one_thread_run_runs_on_one_thread_restores_the_count_and_drops_the_mode
         run({"kind": "fit", "seed": 0, "fail": True})
     assert seen == [1, 1, 1] and torch.get_num_threads() == before
     assert one_thread_run(fit)({"seed": 5}) == ({"score": 5}, None), "a single run function needs no kind"
+
+
+def test_a_copy_without_git_proves_its_code_with_the_manifest_written_in_the_checkout(tmp_path):
+    from mtl_tutorial.studies.provenance import MANIFEST, code_provenance, write_manifest
+
+    checkout = tmp_path / "checkout"
+    (checkout / "mtl_tutorial").mkdir(parents=True)
+    (checkout / "mtl_tutorial" / "a.py").write_text("x = 1\n")
+    (checkout / "pyproject.toml").write_text("[project]\n")
+    git = lambda *args: subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=checkout,
+                                       check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    (checkout / "mtl_tutorial" / "a.py").write_text("x = 2\n")
+    with pytest.raises(RuntimeError, match="uncommitted changes"):
+        write_manifest(checkout)
+    git("checkout", "--", ".")
+    write_manifest(checkout)
+    copy = tmp_path / "copy"   # what a GPU machine receives: the files, no .git
+    shutil.copytree(checkout, copy, ignore=shutil.ignore_patterns(".git"))
+    assert code_provenance(copy) == {"commit": git("rev-parse", "HEAD"), "code_changed": False}
+    (copy / "mtl_tutorial" / "b.py").write_text("y = 1\n")
+    assert code_provenance(copy)["code_changed"] is True, "a Python file the manifest lacks"
+    (copy / "mtl_tutorial" / "b.py").unlink()
+    (copy / "mtl_tutorial" / "a.py").write_text("x = 3\n")
+    assert code_provenance(copy)["code_changed"] is True, "a changed file"
+    (copy / MANIFEST).unlink()
+    assert code_provenance(copy) == {"commit": None, "code_changed": None}, "no manifest: an installed copy"
+    with pytest.raises(RuntimeError, match="is not a git checkout"):
+        write_manifest(copy)

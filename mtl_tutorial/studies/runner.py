@@ -14,7 +14,7 @@ finished run to ``notebooks/results/NN_slug.jsonl``:
   chapter 07's adapters again); such a line is copied with ``"borrowed_from"``.
 - Provenance: ``commit`` is the package's git commit; ``code_changed`` says whether the package had
   uncommitted changes (``run_study`` refuses them unless asked, so a committed file records the
-  code that produced it).
+  code that produced it). A copy without ``.git`` proves both with a manifest (``provenance``).
 
 ``load_study`` reads a committed file back (``StudyResults``); ``reproduction_verdict`` compares a
 live re-run of a few configs with the file's lines.
@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -39,6 +38,7 @@ from tqdm.auto import tqdm
 
 from mtl_tutorial.evidence import Comparison
 from mtl_tutorial.runtime import check_device, project_root
+from mtl_tutorial.studies.provenance import code_provenance
 from mtl_tutorial.training import History
 
 RESULTS_FOLDER = Path("notebooks") / "results"
@@ -164,22 +164,6 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"{model} ({os.cpu_count()} cores)"
-
-
-PACKAGE_CHECKOUT = Path(__file__).resolve().parents[2]  # the folder holding the running mtl_tutorial
-
-
-def code_provenance(root: Path = PACKAGE_CHECKOUT) -> dict:
-    """``{"commit": git HEAD or None, "code_changed": the package or pyproject differ from it}`` of the
-    checkout whose ``mtl_tutorial`` is running (None for both outside a git checkout)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--", "mtl_tutorial", "pyproject.toml"], cwd=root,
-                                capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "code_changed": None}   # not a git checkout (an installed copy)
-    return {"commit": commit, "code_changed": bool(status.strip())}
 
 
 def environment(device: torch.device) -> dict:
