@@ -45,7 +45,8 @@ IGNORE_INDEX = -100
 class InstructionBatch:
     """Right-padded prompt ‖ answer sequences: ``input_ids``, ``attention_mask`` and ``labels``, each (B, L).
 
-    labels[i, j] = input_ids[i, j] on answer tokens, ``IGNORE_INDEX`` on the prompt and the padding.
+    labels[i, j] = input_ids[i, j] on answer tokens, ``IGNORE_INDEX`` on the prompt (unless built with
+    ``prompt_loss``) and the padding.
     """
 
     input_ids: torch.Tensor
@@ -148,7 +149,7 @@ def _shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
         raise ValueError(f"logits must be (B, L, V) and labels (B, L), got {tuple(logits.shape)} and {tuple(labels.shape)}")
     if (labels[:, logits.shape[1]:] != IGNORE_INDEX).any():
         raise ValueError(f"labels (B, {labels.shape[1]}) have targets past the logits' {logits.shape[1]} positions")
-    return logits[:, :-1].float(), labels[:, 1:logits.shape[1]]
+    return logits[:, :-1], labels[:, 1:logits.shape[1]]
 
 
 def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -160,7 +161,7 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logits, targets = _shifted(logits, labels)
     if not (targets != IGNORE_INDEX).any():
         raise ValueError("the batch has no answer tokens (every label is -100): build it with collate_answers")
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def answer_log_likelihoods(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -169,9 +170,10 @@ def answer_log_likelihoods(logits: torch.Tensor, labels: torch.Tensor) -> torch.
     Σ_j log softmax(logits[i,j])[labels[i,j+1]] over the row's answer tokens (no mean: ``s(o | p)``).
     """
     logits, targets = _shifted(logits, labels)
-    answer = targets != IGNORE_INDEX
-    token_log_probs = logits.log_softmax(-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return (token_log_probs * answer).sum(-1)
+    rows, positions = (targets != IGNORE_INDEX).nonzero(as_tuple=True)   # the answer tokens only: a few per row
+    picked = logits[rows, positions].float().log_softmax(-1)              # (answer tokens, V)
+    token_log_probs = picked.gather(-1, targets[rows, positions].unsqueeze(-1)).squeeze(-1)
+    return torch.zeros(len(targets), device=logits.device).index_add_(0, rows, token_log_probs)
 
 
 @torch.no_grad()
