@@ -207,6 +207,26 @@ def option_scores(
     return torch.cat(scores).view(len(prompt_ids), len(option_ids))
 
 
+CONTENT_FREE_TEXTS = ("N/A", "", "[MASK]")
+"""Inputs that say nothing, put where a task's text goes, to measure what the model answers regardless (Zhao et al. 2021)."""
+
+
+def calibrated_scores(scores: torch.Tensor, content_free: torch.Tensor) -> torch.Tensor:
+    """Contextual calibration (Zhao et al. 2021, "Calibrate before use"): (N, K) scores -> (N, K) calibrated scores.
+
+    scores: s(o_k | p_i) of N prompts; content_free: (M, K) the same options' scores for M prompts whose text
+    is content-free (``CONTENT_FREE_TEXTS``). With p_i = softmax_k s(o_k | p_i) and p̄ the mean over the M
+    content-free prompts of their softmax, the calibrated prediction is argmax_k W p_i, W = diag(p̄)⁻¹: an option
+    the model favours whatever the text says is divided by that favour. Returned as log W p_i = log p_i − log p̄
+    (same argmax; not normalised).
+    """
+    if scores.dim() != 2 or content_free.dim() != 2 or content_free.shape[1] != scores.shape[1] or len(content_free) == 0:
+        raise ValueError(f"scores must be (N, K) and content_free (M, K) with M >= 1, got {tuple(scores.shape)} and "
+                         f"{tuple(content_free.shape)}")
+    prior = content_free.float().softmax(1).mean(0)
+    return scores.float().log_softmax(1) - prior.log()
+
+
 class InstructionModel(nn.Module):
     """A causal LM in the course's multi-task interface: ``model(inputs, task) -> logits`` for ``training.train``.
 

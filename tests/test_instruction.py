@@ -15,6 +15,7 @@ from mtl_tutorial.data.text_tasks import TASKS, TextTask
 from mtl_tutorial.instruction import (
     IGNORE_INDEX,
     InstructionModel,
+    calibrated_scores,
     answer_ids,
     answer_log_likelihoods,
     answer_loss,
@@ -289,3 +290,19 @@ def test_train_tunes_a_shared_lora_on_two_instruction_tasks_and_leaves_the_decod
         predicted = option_scores(model.lm, prompts[task], options[task], PAD).argmax(1).tolist()
         assert predicted == answers[task]
     assert all(torch.equal(p, frozen_before[name]) for name, p in lm.named_parameters() if not p.requires_grad)
+
+
+def test_calibrated_scores_divide_each_option_by_the_models_favour_for_it_on_content_free_inputs():
+    """Against Zhao et al.'s matrix form: q = W p / sum(W p), W = diag(mean of the content-free probabilities)^-1."""
+    scores = torch.log(torch.tensor([[0.70, 0.20, 0.10], [0.60, 0.35, 0.05], [0.50, 0.10, 0.40]]))
+    content_free = torch.log(torch.tensor([[0.80, 0.15, 0.05], [0.60, 0.30, 0.10]]))
+    prior = torch.tensor([0.70, 0.225, 0.075])   # the mean of the two content-free distributions
+    W = torch.diag(1 / prior)
+    expected = torch.stack([W @ p / (W @ p).sum() for p in scores.exp()])
+    calibrated = calibrated_scores(scores, content_free)
+    assert torch.allclose(calibrated.softmax(1), expected, atol=1e-6)
+    assert scores.argmax(1).tolist() == [0, 0, 0] and calibrated.argmax(1).tolist() == [2, 1, 2]
+    assert torch.allclose(calibrated_scores(scores + 5.0, content_free - 2.0), calibrated, atol=1e-5), \
+        "only the options' relative scores matter"
+    with pytest.raises(ValueError, match=r"content_free \(M, K\) with M >= 1, got \(3, 3\) and \(2, 2\)"):
+        calibrated_scores(scores, content_free[:, :2])

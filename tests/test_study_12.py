@@ -74,6 +74,10 @@ def test_every_arm_answers_every_task_beside_the_majority_class(fast_rows):
             assert 0 < metrics["majority"][task] <= 1
     for task in TASKS:   # the zero-shot arm does not depend on the seed
         assert fast_rows[(ZERO_SHOT, 0)]["scores"][task] == fast_rows[(ZERO_SHOT, 1)]["scores"][task]
+    zero_shot = fast_rows[(ZERO_SHOT, 0)]   # and it is scored with contextual calibration too
+    assert all(zero_shot["calibrated_scores"][t] == zero_shot["calibrated_correct"][t] / zero_shot["test_examples"][t]
+               for t in TASKS)
+    assert not any("calibrated_scores" in fast_rows[(label, 0)] for label in (MULTI_TASK, SINGLE_TASK, PROMPT_LOSS))
 
 
 def test_the_multi_task_run_sees_each_example_once_and_each_single_task_run_the_same_steps_of_its_task(fast_rows):

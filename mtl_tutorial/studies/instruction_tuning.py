@@ -5,7 +5,8 @@ LoRA tuned on that task alone, on the same examples for the same number of steps
 common slip of training on the prompt's tokens too cost? Arms, per seed (``ARMS``):
 
 - ``zero-shot``: the model as shipped (the seed changes nothing; the run is repeated per seed so that every
-  comparison is paired by seed);
+  comparison is paired by seed), with and without contextual calibration (``instruction.calibrated_scores``:
+  a pilot found it answering nearly one option per task);
 - ``multi-task LoRA``: one LoRA (r = 8, α = 16 on W_Q and W_V of all 30 blocks, as chapter 08) trained on
   single-task batches of all four tasks, each task's batches in proportion to its size, one epoch: every
   training example once;
@@ -37,9 +38,10 @@ import torch
 
 from mtl_tutorial.backbone import DECODER_FILE, load_decoder
 from mtl_tutorial.data import MultiTaskDataset, multitask_loader
-from mtl_tutorial.data.instructions import ANSWERS, instruction_answers, instruction_prompts, option_answers
+from mtl_tutorial.data.instructions import ANSWERS, INSTRUCTIONS, instruction_answers, instruction_prompts, option_answers
 from mtl_tutorial.evidence import Comparison
-from mtl_tutorial.instruction import InstructionModel, answer_ids, answer_loss, chat_prompt_ids, collate_answers, option_scores
+from mtl_tutorial.instruction import (CONTENT_FREE_TEXTS, InstructionModel, answer_ids, answer_loss, calibrated_scores,
+                                      chat_prompt_ids, collate_answers, option_scores)
 from mtl_tutorial.lora import apply_lora
 from mtl_tutorial.runtime import seed_everything
 from mtl_tutorial.studies.runner import Study
@@ -106,14 +108,16 @@ def _tune(lm, tokenizer, train_tasks, tasks, cfg: dict, device: torch.device):
     return model, history, (time.perf_counter() - start) / steps
 
 
-def _accuracy(lm, tokenizer, task, cfg: dict, device: torch.device) -> tuple[float, int]:
-    """(test accuracy, correct answers) of ``lm`` on ``task`` by option scoring."""
-    prompts = [chat_prompt_ids(tokenizer, prompt) for prompt in instruction_prompts(task, cfg["max_words"])]
+def _scores(lm, tokenizer, prompts: list[str], task, cfg: dict, device: torch.device) -> torch.Tensor:
+    """(N, K) option scores of ``lm`` for ``prompts``, the options being ``task``'s answers."""
+    ids = [chat_prompt_ids(tokenizer, prompt) for prompt in prompts]
     options = [answer_ids(tokenizer, answer) for answer in option_answers(task)]
     with _autocast(cfg["precision"], device):
-        scores = option_scores(lm.to(device), prompts, options, tokenizer.pad_token_id, batch_size=64 if device.type == "cuda" else 16)
-    correct = int((scores.argmax(1) == task.labels).sum())
-    return correct / len(task), correct
+        return option_scores(lm.to(device), ids, options, tokenizer.pad_token_id, batch_size=64 if device.type == "cuda" else 16)
+
+
+def _correct(scores: torch.Tensor, task) -> int:
+    return int((scores.argmax(1) == task.labels).sum())
 
 
 def run(cfg: dict, device: torch.device | None = None, keep_model: bool = False) -> tuple[dict, object]:
@@ -122,16 +126,22 @@ def run(cfg: dict, device: torch.device | None = None, keep_model: bool = False)
     lm, tokenizer = _decoder()
     train_tasks, test_tasks = task_data(cfg)   # the same (train, test) loading as chapters 07-10's runs
     tasks = cfg["tasks"]
-    scores, correct, losses, step_seconds, models = {}, {}, {}, {}, {}
+    scores, correct, losses, step_seconds, models, calibrated = {}, {}, {}, {}, {}, {}
     if cfg["arm"] == "zero-shot":
         for t in tasks:
-            scores[t], correct[t] = _accuracy(lm, tokenizer, test_tasks[t], cfg, device)
+            task = test_tasks[t]
+            answers = _scores(lm, tokenizer, instruction_prompts(task, cfg["max_words"]), task, cfg, device)
+            content_free = _scores(lm, tokenizer, [INSTRUCTIONS[t].format(text=text) for text in CONTENT_FREE_TEXTS], task, cfg, device)
+            correct[t], calibrated[t] = _correct(answers, task), _correct(calibrated_scores(answers, content_free), task)
+            scores[t] = correct[t] / len(task)
     else:
         groups = [tasks] if cfg["arm"] == "multi-task" else [[t] for t in tasks]
         for group in groups:
             model, history, seconds = _tune(lm, tokenizer, train_tasks, group, cfg, device)
             for t in group:
-                scores[t], correct[t] = _accuracy(model.lm, tokenizer, test_tasks[t], cfg, device)
+                task = test_tasks[t]
+                correct[t] = _correct(_scores(model.lm, tokenizer, instruction_prompts(task, cfg["max_words"]), task, cfg, device), task)
+                scores[t] = correct[t] / len(task)
                 losses[t] = [None if math.isnan(v) else round(v, 4) for v in history.losses[t]]
                 step_seconds[t] = seconds
             models[", ".join(group)] = model if keep_model else None
@@ -141,6 +151,8 @@ def run(cfg: dict, device: torch.device | None = None, keep_model: bool = False)
         "test_examples": {t: len(test_tasks[t]) for t in tasks},
         "majority": {t: majority_class_accuracy(train_tasks[t].labels, test_tasks[t].labels) for t in tasks},
         "step_seconds": step_seconds,
+        **({"calibrated_scores": {t: calibrated[t] / len(test_tasks[t]) for t in tasks}, "calibrated_correct": calibrated}
+           if calibrated else {}),
         "history": {"steps": list(range(1, steps + 1)),
                     "losses": {t: values + [None] * (steps - len(values)) for t, values in losses.items()}},
     }
