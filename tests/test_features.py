@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -60,9 +59,7 @@ def test_hit_loads_without_calling_the_model(backbone, cache, monkeypatch) -> No
         raise AssertionError("a cache hit must not run the encoder")
 
     monkeypatch.setattr(features_module, "encode", refuse)
-    start = time.perf_counter()
-    second = frozen_features(TEXTS, model, tokenizer, max_length=32, progress=False)
-    assert time.perf_counter() - start < 1.0
+    second = frozen_features(TEXTS, model, tokenizer, max_length=32, progress=False)   # `refuse` proves the hit
     assert torch.equal(first, second)
 
 
