@@ -7,6 +7,7 @@ functions are checked against what transformers computes for the same model, not
 
 import pytest
 import torch
+from chat_tokenizer import CHATML, word_level_chat_tokenizer
 
 from mtl_tutorial.data import load_text_tasks
 from mtl_tutorial.data.instructions import ANSWERS as ANSWER_WORDS
@@ -154,21 +155,8 @@ def test_option_scores_refuse_empty_input(decoder):
 
 
 def _tokenizer(chat_template):
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    words = ["<pad>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant", "\n", "Is", "it", "good", "?", "Be", "brief", "."]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([   # words, punctuation, newlines and the chat markers; spaces dropped
-        pre_tokenizers.Split(Regex(" "), behavior="removed"),
-        pre_tokenizers.Split(Regex(r"<\|im_start\|>|<\|im_end\|>|\n|\w+|[?.]"), behavior="isolated")])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<|im_end|>")
-    tokenizer.chat_template = chat_template
-    return tokenizer, {w: i for i, w in enumerate(words)}
-
-
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tokenizer = word_level_chat_tokenizer(["Is", "it", "good", "?", "Be", "brief", "."], chat_template)
+    return tokenizer, tokenizer.get_vocab()
 
 
 def test_chat_prompt_ids_end_where_the_assistant_answers():

@@ -5,32 +5,22 @@ import math
 
 import pytest
 import torch
+from chat_tokenizer import word_level_chat_tokenizer
 
 import mtl_tutorial.studies.instruction_tuning as study_12
 from mtl_tutorial.data.instructions import ANSWERS
 from mtl_tutorial.studies import get_study
 from mtl_tutorial.studies.instruction_tuning import ARMS, MULTI_TASK, PRIMARY, PROMPT_LOSS, SINGLE_TASK, TASKS, ZERO_SHOT
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
 @pytest.fixture(scope="module")
 def tiny_decoder():
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    words = sorted({word for answers in ANSWERS.values() for answer in answers.values() for word in answer.split()})
-    vocab = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "user", "assistant", "\n", *words]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\s+"), behavior="removed"),
-        pre_tokenizers.Split(Regex(r"<\|im_start\|>|<\|im_end\|>|\w+|[^\w\s]"), behavior="isolated")])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>")
-    tokenizer.chat_template = CHATML
+    tokenizer = word_level_chat_tokenizer(sorted({w for answers in ANSWERS.values() for a in answers.values() for w in a.split()}))
+    vocab = tokenizer.get_vocab()
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=512, pad_token_id=1, initializer_range=0.5)
+                         num_key_value_heads=1, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, initializer_range=0.5)
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
